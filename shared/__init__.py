@@ -1,0 +1,1 @@
+"""Code every side shares: records, datasets and splits, metrics, config, errors, wire stubs."""

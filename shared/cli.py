@@ -1,0 +1,65 @@
+"""CLI helpers shared by every subcommand, and the `data` subcommands (prepare, stats)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with the figures on stdout (progress goes to stderr)")
+
+
+def emit(figures: dict[str, Any], as_json: bool, title: str = "") -> None:
+    """Print figures as one JSON object (machine-readable) or as aligned `key: value` lines."""
+    if as_json:
+        print(json.dumps(figures, sort_keys=True, default=str))
+        return
+    if title:
+        print(title)
+    width = max((len(k) for k in figures), default=0)
+    for key, value in figures.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"  {key:<{width}}  {shown}")
+
+
+def handler(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand handler that imports its module only when run (keeps `--help` and device installs light)."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+    return run
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add `data prepare` and `data stats`."""
+    prepare = groups["data"].add_parser(
+        "prepare", help="fetch or read a dataset and write the project's format",
+        description="Write a dataset folder (interactions.tsv, items.tsv, users.tsv, meta.json). "
+                    "ml-100k is fetched from the recbole==1.2.1 wheel on PyPI and checked by sha256; "
+                    "other formats are read from --input.")
+    prepare.add_argument("--dataset", required=True,
+                         help="ml-100k (fetched), or a format to read from --input: movielens-100k-raw, "
+                              "movielens-1m, recbole, amazon-2018, amazon-2023, csv")
+    prepare.add_argument("--input", type=Path, default=None,
+                         help="source file or folder for formats read from disk; for ml-100k, a folder that "
+                              "already holds ml-100k.{inter,item,user} (skips the download)")
+    prepare.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    prepare.add_argument("--k-core", type=int, default=0,
+                         help="drop users and items with fewer than K interactions, repeatedly (0 = off)")
+    add_json_flag(prepare)
+    prepare.set_defaults(func=handler("shared.data.prepare", "main"))
+
+    stats = groups["data"].add_parser("stats", help="print the counts of a prepared dataset folder")
+    stats.add_argument("--data", type=Path, required=True, help="dataset folder written by `data prepare`")
+    add_json_flag(stats)
+    stats.set_defaults(func=handler("shared.data.prepare", "stats_main"))
+
+
+def fail(message: str) -> int:
+    print(f"lsc4rec: error: {message}", file=sys.stderr)
+    return 2

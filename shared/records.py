@@ -1,0 +1,91 @@
+"""Frozen records exchanged between the packages (the wire messages convert to and from these)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalogue entry; `id` is the project's dense id (1..N, 0 = padding)."""
+
+    id: int
+    raw_id: str
+    title: str
+    year: int | None = None
+    genres: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The text used for item embeddings (semantic IDs)."""
+        parts = [self.title]
+        if self.year is not None:
+            parts.append(f"({self.year})")
+        if self.genres:
+            parts.append("- " + ", ".join(self.genres))
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate item with the cloud generator's score (higher is better)."""
+
+    item: int
+    score: float
+
+
+@dataclass(frozen=True)
+class CandidateRequest:
+    """A device's request for a fresh candidate list."""
+
+    user_id: str
+    history: tuple[int, ...]  # oldest first
+    num_candidates: int
+    exclude: tuple[int, ...] = ()
+    request_id: str = ""
+    device_model_version: str = ""
+
+
+@dataclass(frozen=True)
+class CandidateResponse:
+    """The cloud's answer: `candidates` best first."""
+
+    candidates: tuple[Candidate, ...]
+    generator_version: str
+    generation_ms: float
+    request_id: str = ""
+
+
+class ModelFormat(str, Enum):
+    """On-device artifact formats."""
+
+    ONNX = "onnx"
+    PTE = "pte"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of a model input or output; a str dimension is dynamic."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What a device needs to verify an SRM artifact before loading it (manifest.json)."""
+
+    model_name: str
+    version: str
+    format: ModelFormat
+    file_name: str
+    sha256: str
+    size_bytes: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    history_length: int
+    num_items: int
+    vocab_hash: str
+    created_at: str
+    metrics: dict[str, float] = field(default_factory=dict)

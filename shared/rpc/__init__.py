@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (python -m shared.codegen); do not edit."""

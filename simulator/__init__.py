@@ -1,0 +1,1 @@
+"""The composition root: replays user streams through device sessions and the cloud, writes reports."""
