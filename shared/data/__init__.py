@@ -1,0 +1,1 @@
+"""Datasets: readers for common formats, the project's on-disk format, protocol splits."""

