@@ -16,7 +16,7 @@ GROUPS = {
     "device": "run or benchmark the device client",
 }
 # Modules that add subcommands; each has register(groups). Missing ones (partial installs) are skipped.
-REGISTRARS = ("shared.cli", "cloud.cli", "device.cli", "simulator.commands")
+REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.cli", "device.train_cli", "device.cli", "simulator.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

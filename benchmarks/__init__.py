@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each bench_*.py prints one JSON line per figure."""

@@ -1,0 +1,46 @@
+"""Helpers every benchmark uses: timing percentiles and one JSON line per figure with the machine."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def machine() -> dict[str, Any]:
+    """Hardware and versions recorded with every figure."""
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+    for name in ("torch", "onnxruntime", "executorch", "grpc", "transformers", "numpy"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = getattr(module, "__version__", "?")
+    return info
+
+
+def emit(figure: str, seed: int | None = None, **values: Any) -> None:
+    """Print one JSON line: {"figure": ..., <values>, "seed": ..., "machine": {...}}."""
+    record = {"figure": figure, **values, "seed": seed, "machine": machine()}
+    print(json.dumps(record, sort_keys=True, default=float), flush=True)
+
+
+def percentiles_us(samples_s: list[float] | np.ndarray) -> dict[str, float]:
+    """p50/p90/p99/mean in microseconds from samples in seconds."""
+    arr = np.asarray(samples_s, dtype=np.float64) * 1e6
+    return {"p50_us": float(np.percentile(arr, 50)), "p90_us": float(np.percentile(arr, 90)),
+            "p99_us": float(np.percentile(arr, 99)), "mean_us": float(arr.mean()), "n": int(arr.size)}
+
+
+def time_calls(fn: Callable[[], Any], repeat: int = 1000, warmup: int = 50) -> list[float]:
+    """Wall time of each call, in seconds, after a warm-up."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
