@@ -1,0 +1,48 @@
+"""DESIGN.md section 2, enforced: who may import whom (an AST check over every module)."""
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executorch"}
+RUNTIME_MODULES = {"runtime", "session", "policy", "fusion", "consistency", "client", "cli"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _forbidden(path: Path) -> set[str]:
+    package, *rest = path.relative_to(REPO).parts
+    if package == "shared":
+        return HEAVY | {"cloud", "device", "simulator", "ray"}
+    if package == "cloud":
+        return {"device", "simulator", "ray"}
+    if package == "device":
+        runtime = len(rest) == 1 and Path(rest[0]).stem in RUNTIME_MODULES
+        banned = {"cloud", "simulator", "ray"}
+        return banned | (HEAVY - {"onnxruntime", "executorch"}) if runtime else banned
+    return set()
+
+
+MODULES = sorted(p for pkg in ("shared", "cloud", "device") for p in (REPO / pkg).rglob("*.py")
+                 if "rpc" not in p.parts)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(REPO)))
+def test_module_respects_the_import_table(path):
+    bad = _imports(path) & _forbidden(path)
+    assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}, which DESIGN.md section 2 forbids"
+
+
+def test_only_the_ray_backend_imports_ray():
+    users = [p for p in REPO.glob("*/**/*.py") if ".venv" not in p.parts and "ray" in _imports(p)]
+    assert all(p.name == "ray_backend.py" for p in users), users
