@@ -46,8 +46,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                          help="ml-100k (fetched), or a format to read from --input: movielens-100k-raw, "
                               "movielens-1m, recbole, amazon-2018, amazon-2023, csv")
     prepare.add_argument("--input", type=Path, default=None,
-                         help="source file or folder for formats read from disk; for ml-100k, a folder that "
-                              "already holds ml-100k.{inter,item,user} (skips the download)")
+                         help="source file or folder (gzip is detected and streamed): "
+                              "movielens-100k-raw = folder with u.data + u.item; "
+                              "movielens-1m = folder with ratings.dat + movies.dat; "
+                              "recbole = NAME.inter (+ NAME.item beside it); "
+                              "amazon-2018 = 5-core reviews JSON lines (+ meta_*.json beside it); "
+                              "amazon-2023 = reviews JSONL (+ meta_*.jsonl beside it); "
+                              "csv = header with user, item, timestamp[, title]; "
+                              "for ml-100k, a folder that already holds ml-100k.{inter,item,user} (skips the download)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     prepare.add_argument("--k-core", type=int, default=0,
                          help="drop users and items with fewer than K interactions, repeatedly (0 = off)")

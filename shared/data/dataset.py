@@ -168,13 +168,28 @@ def write_dataset(dataset: Dataset, out: str | Path) -> Path:
         meta.update(dataset.stats())
         meta["vocab_hash"] = dataset.vocab_hash
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _swap_in(tmp, out)
     return out
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace `out` by `new`; the old folder is only deleted once the new one is in place."""
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{new.name}")
+        out.rename(backup)
+    try:
+        new.rename(out)
+    except BaseException:
+        if backup is not None:
+            backup.rename(out)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _clean(value: str) -> str:
@@ -187,7 +202,10 @@ def load_dataset(folder: str | Path) -> Dataset:
     for name in (INTERACTIONS, ITEMS, USERS, META):
         if not (folder / name).is_file():
             raise DataFormatError(folder / name, 0, "-", "missing; run `lsc4rec data prepare` first")
-    meta = json.loads((folder / META).read_text())
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(folder / META, 0, "-", f"not valid JSON ({exc})") from None
     items = tuple(_read_items(folder / ITEMS))
     users = tuple(row[1] for row in _read_rows(folder / USERS, 2))
     table = np.loadtxt(folder / INTERACTIONS, dtype=np.int64, delimiter="\t", skiprows=1, ndmin=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 from shared.cli import emit
 from shared.data.dataset import build_dataset, load_dataset, write_dataset
 from shared.data.formats import READERS
-from shared.errors import ChecksumError, LSC4RecError
+from shared.errors import ChecksumError, DataFormatError, EmptyDatasetError, InvalidArgumentError, LSC4RecError
 from shared.manifest import sha256_file
 
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -39,8 +39,8 @@ def fetch_ml100k(folder: Path) -> Path:
                             capture_output=True, text=True)
     wheels = sorted(folder.glob("recbole-1.2.1-*.whl"))
     if result.returncode != 0 or not wheels:
-        raise LSC4RecError(f"pip download {RECBOLE_WHEEL} failed (exit {result.returncode}): "
-                           f"{result.stderr.strip().splitlines()[-1:] or 'no wheel'}")
+        last = (result.stderr.strip().splitlines() or ["no wheel was written"])[-1]
+        raise LSC4RecError(f"pip download {RECBOLE_WHEEL} failed (exit {result.returncode}): {last}")
     actual = sha256_file(wheels[0])
     if actual != RECBOLE_WHEEL_SHA256:
         raise ChecksumError(wheels[0], RECBOLE_WHEEL_SHA256, actual)
@@ -55,7 +55,7 @@ def verify_ml100k(folder: Path) -> dict[str, str]:
     for name, expected in ML100K_SHA256.items():
         path = folder / name
         if not path.is_file():
-            raise LSC4RecError(f"{path}: missing (expected the RecBole ml-100k files)")
+            raise DataFormatError(path, 0, "-", "missing (expected the RecBole ml-100k.{inter,item,user} files)")
         actual = sha256_file(path)
         if actual != expected:
             raise ChecksumError(path, expected, actual)
@@ -63,26 +63,55 @@ def verify_ml100k(folder: Path) -> dict[str, str]:
 
 
 def prepare(dataset: str, out: Path, source: Path | None = None, k_core: int = 0):
-    """Read (fetching ml-100k if needed), build and write; returns the written Dataset."""
+    """Read (fetching ml-100k if needed), build and write atomically; returns the written Dataset.
+
+    Nothing is written unless everything was read and built: a failure leaves `out` as it was.
+    """
+    out = Path(out)
+    known = ["ml-100k", *sorted(READERS)]
+    if dataset not in known:
+        raise InvalidArgumentError("--dataset", dataset, f"not a known dataset (known: {', '.join(known)})")
+    if k_core < 0:
+        raise InvalidArgumentError("--k-core", k_core, "must be >= 0 (0 = no filtering)")
+    check_out(out)
     if dataset == "ml-100k":
         with tempfile.TemporaryDirectory(prefix="lsc4rec-ml100k-") as tmp:
-            folder = source or fetch_ml100k(Path(tmp))
+            folder = Path(source) if source else fetch_ml100k(Path(tmp))
             checksums = verify_ml100k(folder)
             events, items = READERS["recbole"](folder / "ml-100k.inter")
-            data = build_dataset(events, items, k_core=k_core, meta={
+            data = _build(events, items, k_core, folder, {
                 "source": f"MovieLens-100K from the PyPI wheel {RECBOLE_WHEEL} ({ML100K_MEMBER})",
                 "sha256": checksums, "licence": LICENCE_NOTE, "splits": SPLIT_DEFAULTS})
-    elif dataset in READERS:
-        if source is None:
-            raise LSC4RecError(f"--dataset {dataset} reads from disk: give --input PATH")
-        events, items = READERS[dataset](source)
-        data = build_dataset(events, items, k_core=k_core,
-                             meta={"source": f"{dataset} files at {source}", "splits": SPLIT_DEFAULTS})
     else:
-        known = ", ".join(["ml-100k", *sorted(READERS)])
-        raise LSC4RecError(f"--dataset {dataset!r} is not known (known: {known})")
+        if source is None:
+            raise InvalidArgumentError("--input", None, f"--dataset {dataset} reads from disk: give --input PATH")
+        events, items = READERS[dataset](Path(source))
+        data = _build(events, items, k_core, source,
+                      {"source": f"{dataset} files at {source}", "splits": SPLIT_DEFAULTS})
     write_dataset(data, out)
     return data
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace anything but an empty folder or a dataset folder (`--out .` must not wipe a tree)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InvalidArgumentError("--out", str(out), "exists and is not a folder")
+    if any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise InvalidArgumentError("--out", str(out), "exists and is not a dataset folder (no meta.json); "
+                                                      "refusing to replace it")
+
+
+def _build(events, items, k_core: int, source: Path, meta: dict):
+    """build_dataset with a progress bar on an interactive stderr; an empty result names the source."""
+    from tqdm import tqdm
+
+    events = tqdm(events, desc="reading", unit=" events", file=sys.stderr, disable=not sys.stderr.isatty())
+    try:
+        return build_dataset(events, items, k_core=k_core, meta=meta)
+    except EmptyDatasetError as exc:
+        raise EmptyDatasetError(f"{source}: {exc}") from None
 
 
 def main(args: argparse.Namespace) -> int:
