@@ -1,0 +1,124 @@
+"""`lsc4rec cloud serve` and `lsc4rec cloud publish` (registrar: imports nothing heavy at top level)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shared.cli import add_json_flag, handler
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    serve = groups["cloud"].add_parser(
+        "serve", help="serve candidates (LLM or popularity stand-in) and device models over gRPC",
+        description="Start the cloud gRPC server: CandidateService (micro-batched generator), ModelService "
+                    "(newest verified artifact under --models), grpc.health.v1 and reflection. Health reports "
+                    "NOT_SERVING until the generator is loaded and warmed up. SIGTERM drains and exits 0.")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--llm", type=Path, help="trained LLM generator folder (train llm output)")
+    source.add_argument("--popularity", type=Path, metavar="DATA_DIR",
+                        help="serve the popularity stand-in built from this prepared dataset folder")
+    serve.add_argument("--data", type=Path, default=None,
+                       help="prepared dataset folder the LLM was trained on (required with --llm; its catalogue is checked)")
+    serve.add_argument("--models", type=Path, default=None,
+                       help="folder of published device artifacts (one subfolder per version; rescanned live)")
+    serve.add_argument("--address", default=None, help="host:port to bind (default 127.0.0.1:50051; port 0 = any)")
+    serve.add_argument("--config", type=Path, default=None, help="TOML file of ServerConfig (configs/cloud/)")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set batch.max_batch_size=16 (repeatable)")
+    serve.add_argument("--token-file", type=Path, default=None,
+                       help="file holding the bearer token every call must carry (health checks exempt)")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="server certificate chain (PEM); needs --tls-key")
+    serve.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM); needs --tls-cert")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="expose Prometheus /metrics on 127.0.0.1:PORT (0 = any free port)")
+    serve.add_argument("--port-file", type=Path, default=None,
+                       help="write the bound port to this file once the server is SERVING")
+    serve.add_argument("--log-level", default="INFO", help="logging level (DEBUG logs every call)")
+    serve.set_defaults(func=handler("cloud.cli", "serve_main"))
+
+    publish = groups["cloud"].add_parser(
+        "publish", help="publish an exported device artifact folder into a models folder (atomic)",
+        description="Verify an artifact folder (manifest.json + file, as written by `export`) and copy it "
+                    "into the models folder under <format>-<version>, renamed atomically.")
+    publish.add_argument("artifact", type=Path, help="artifact folder holding manifest.json and the model file")
+    publish.add_argument("--models", type=Path, required=True, help="models folder the server serves")
+    add_json_flag(publish)
+    publish.set_defaults(func=handler("cloud.cli", "publish_main"))
+
+
+def _load_generator(args: argparse.Namespace, threads: int):
+    if args.popularity is not None:
+        from shared.data.dataset import load_dataset
+        from shared.generator import PopularityGenerator
+
+        dataset = load_dataset(args.popularity)
+        return PopularityGenerator.from_sequences(dataset.sequences(), dataset.num_items)
+    from shared.data.dataset import load_dataset
+    from shared.errors import ConfigError
+
+    from cloud.llm import load_generator
+
+    if args.data is None:
+        raise ConfigError("--data", None, "the dataset folder the LLM was trained on is required with --llm")
+    return load_generator(args.llm, load_dataset(args.data), **({"threads": threads} if threads else {}))
+
+
+def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    from shared.errors import ConfigError
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert/--tls-key", None, "give both or neither")
+    if args.tls_cert is None:
+        return None
+    return args.tls_key.read_bytes(), args.tls_cert.read_bytes()
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Start, load and warm the generator, serve until SIGTERM/SIGINT, drain, exit 0."""
+    import logging
+    import signal
+    import threading
+
+    from shared.config import load_config
+    from shared.errors import ConfigError
+
+    from cloud.server import ServerConfig, create_server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(ServerConfig, args.config, args.overrides)
+    token = None
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+        if not token:
+            raise ConfigError("--token-file", str(args.token_file), "the file is empty")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server, port = create_server(config, None, args.models, address=args.address, token=token,
+                                 tls=_tls(args), metrics_port=args.metrics_port)
+    try:
+        if not stop.is_set():
+            server.set_generator(_load_generator(args, config.generator_threads))
+        if args.port_file is not None and not stop.is_set():
+            tmp = args.port_file.with_suffix(".tmp")
+            tmp.write_text(f"{port}\n")
+            tmp.replace(args.port_file)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+def publish_main(args: argparse.Namespace) -> int:
+    from shared.cli import emit
+
+    from cloud.registry import publish
+
+    folder = publish(args.artifact, args.models)
+    from shared.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    emit({"folder": str(folder), "version": manifest.version, "format": manifest.format.value,
+          "sha256": manifest.sha256}, args.json, title="published")
+    return 0

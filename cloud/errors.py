@@ -1,0 +1,124 @@
+"""The one place where exceptions become gRPC status codes (DESIGN §5), and the servicer boundary."""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import grpc
+
+from shared.errors import InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
+
+log = logging.getLogger("lsc4rec.cloud")
+REQUEST_ID_KEY = "x-request-id"
+
+
+class OverloadedError(LSC4RecError):
+    """More in-flight work than the server's limit: shed at once (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineError(LSC4RecError):
+    """The call's deadline passed before the answer was ready (DEADLINE_EXCEEDED)."""
+
+
+class NotFoundError(LSC4RecError):
+    """A named thing (model version, format) is not published (NOT_FOUND)."""
+
+
+class AuthError(LSC4RecError):
+    """The bearer token is missing or wrong (UNAUTHENTICATED)."""
+
+
+# Order matters: the first matching class wins (subclasses before their bases).
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AuthError, grpc.StatusCode.UNAUTHENTICATED),
+)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-visible message for an exception; unknown ones are INTERNAL."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    if isinstance(exc, ManifestError):
+        # A published artifact failed verification while being served: the server's fault.
+        return grpc.StatusCode.INTERNAL, "model artifact failed verification"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class CallLog(logging.LoggerAdapter):
+    """A logger that puts the call's request id in every line."""
+
+    def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
+        return f"[request_id={self.extra['request_id']}] {msg}", kwargs
+
+
+def request_id_of(context: grpc.ServicerContext, from_message: str = "") -> str:
+    """The message's request id, else the `x-request-id` metadata, else a fresh one."""
+    if from_message:
+        return from_message[:256]
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:256]
+    return uuid.uuid4().hex
+
+
+class Observer:
+    """What the boundary reports to (metrics); the default does nothing."""
+
+    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:  # pragma: no cover
+        pass
+
+
+def rpc_boundary(method: str, observer_attr: str = "observer") -> Callable:
+    """Decorate a unary servicer method `(self, request, context, rid)`: map errors once, log, observe."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(self, request, context):
+            start = time.perf_counter()
+            rid = request_id_of(context, getattr(request, "request_id", ""))
+            try:
+                response = fn(self, request, context, rid)
+            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
+                code, message = _report(exc, method, rid)
+                getattr(self, observer_attr).record(method, code, time.perf_counter() - start)
+                context.abort(code, f"{message} (request_id={rid})")
+            getattr(self, observer_attr).record(method, grpc.StatusCode.OK, time.perf_counter() - start)
+            return response
+        return call
+    return wrap
+
+
+def stream_boundary(method: str, observer_attr: str = "observer") -> Callable:
+    """Same as rpc_boundary for a server-streaming method (a generator)."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(self, request, context) -> Iterator:
+            start = time.perf_counter()
+            rid = request_id_of(context)
+            try:
+                yield from fn(self, request, context, rid)
+            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
+                code, message = _report(exc, method, rid)
+                getattr(self, observer_attr).record(method, code, time.perf_counter() - start)
+                context.abort(code, f"{message} (request_id={rid})")
+            getattr(self, observer_attr).record(method, grpc.StatusCode.OK, time.perf_counter() - start)
+        return call
+    return wrap
+
+
+def _report(exc: Exception, method: str, rid: str) -> tuple[grpc.StatusCode, str]:
+    code, message = status_for(exc)
+    call_log = CallLog(log, {"request_id": rid})
+    if code == grpc.StatusCode.INTERNAL:
+        call_log.error("%s failed: %s: %s", method, type(exc).__name__, exc, exc_info=exc)
+    else:
+        call_log.info("%s -> %s: %s", method, code.name, message)
+    return code, message
