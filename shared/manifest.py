@@ -82,7 +82,7 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
 
 def _specs(data: dict, name: str, source: str) -> tuple[TensorSpec, ...]:
     raw = data[name]
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, (list, tuple)) or not raw:
         raise ManifestError(f"{source}: field '{name}' must be a non-empty list")
     specs = []
     for i, spec in enumerate(raw):
@@ -90,7 +90,7 @@ def _specs(data: dict, name: str, source: str) -> tuple[TensorSpec, ...]:
             isinstance(spec, dict)
             and isinstance(spec.get("name"), str)
             and isinstance(spec.get("dtype"), str)
-            and isinstance(spec.get("shape"), list)
+            and isinstance(spec.get("shape"), (list, tuple))
             and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"])
         )
         if not ok:

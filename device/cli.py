@@ -1,0 +1,240 @@
+"""`lsc4rec device run` (replay one user's events against a cloud server) and `device bench` (per-event latency); no torch."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.cli import add_json_flag, emit, handler
+from shared.errors import DataFormatError
+
+DEFAULT_MODEL = Path("runs/srm-sasrec/export/onnx")
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add `device run` and `device bench` (handlers import their modules only when run)."""
+    run = groups["device"].add_parser(
+        "run", help="replay one user's events against a cloud server, printing each slate",
+        description="Replay a user's events through a DeviceSession talking to a real cloud server: for each "
+                    "event print the top-K slate and whether a fresh candidate list was requested, and why.")
+    run.add_argument("--server", required=True, help="cloud address host:port")
+    run.add_argument("--model", type=Path, required=True, help="SRM artifact folder (manifest.json + model file)")
+    run.add_argument("--user", required=True, help="user id sent to the cloud")
+    run.add_argument("--events", type=Path, required=True,
+                     help="text file with one item id per line, oldest first ('#' comments and blank lines skipped)")
+    run.add_argument("--history", type=Path, default=None,
+                     help="optional file (same format as --events) with the user's past, known before the replay")
+    run.add_argument("--policy", default="budget:0.2",
+                     help="request policy: never, always, every:N, random:R, threshold:T, budget:R (default budget:0.2)")
+    run.add_argument("--slate-size", type=int, default=10, help="K, items shown per slate (default 10)")
+    run.add_argument("--num-candidates", type=int, default=50, help="N, candidates asked from the cloud (default 50)")
+    run.add_argument("--fusion", default="reference", choices=("reference", "linear", "llm", "srm"),
+                     help="fusion rule (default reference: -(j+1)/L + (p_j - 0.5))")
+    run.add_argument("--alpha", type=float, default=0.5, help="LLM weight of the linear fusion rule (default 0.5)")
+    run.add_argument("--backend", default="auto", choices=("auto", "onnx", "executorch"),
+                     help="runtime backend (default: by the artifact's format)")
+    run.add_argument("--vocab-hash", default=None, help="refuse a model made for another catalogue")
+    run.add_argument("--token", default="", help="bearer token for the cloud (default none)")
+    run.add_argument("--timeout", type=float, default=2.0, help="deadline of one cloud call in seconds (default 2)")
+    run.add_argument("--check-update", action="store_true",
+                     help="ask the cloud for a newer SRM first; download, verify and switch to it")
+    run.add_argument("--updates-dir", type=Path, default=None,
+                     help="where downloaded model versions go (default: <model>/../updates)")
+    run.add_argument("--seed", type=int, default=0, help="seed of random policies (default 0)")
+    add_json_flag(run)
+    run.set_defaults(func=handler("device.cli", "run_main"))
+
+    bench = groups["device"].add_parser(
+        "bench", help="per-event latency of re-rank + fusion + consistency + policy, and process memory",
+        description="Time DeviceSession.on_event without the network (re-rank N candidates with the SRM, fuse, "
+                    "score consistency, decide) and report p50/p99, resident memory, and whether torch is loaded.")
+    bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"SRM artifact folder (default {DEFAULT_MODEL})")
+    bench.add_argument("--events", type=int, default=3000, help="timed events (default 3000)")
+    bench.add_argument("--num-candidates", type=int, default=50, help="candidates re-ranked per event (default 50)")
+    bench.add_argument("--history", type=int, default=100, help="length of the user's history before timing (default 100)")
+    bench.add_argument("--policy", default="budget:0.1", help="request policy (default budget:0.1)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream (default 0)")
+    add_json_flag(bench)
+    bench.set_defaults(func=handler("device.cli", "bench_main"))
+
+
+def read_events(path: Path) -> list[int]:
+    """Item ids, one per line (first whitespace-separated field); raises DataFormatError naming the line."""
+    items = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DataFormatError(path, 0, "events", f"cannot read: {exc}") from None
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            items.append(int(text.split()[0]))
+        except ValueError:
+            raise DataFormatError(path, n, "item", f"{text.split()[0]!r} is not an integer item id") from None
+    return items
+
+
+def run_main(args: argparse.Namespace) -> int:
+    from device.client import ClientConfig, CloudClient
+    from device.fusion import FusionConfig
+    from device.policy import parse_policy
+    from device.runtime import ModelHolder, load_reranker
+    from device.session import DeviceSession, SessionConfig
+
+    events = read_events(args.events)
+    holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
+                         args.updates_dir or args.model.parent / "updates", backend=args.backend)
+    config = SessionConfig(user_id=args.user, slate_size=args.slate_size, num_candidates=args.num_candidates,
+                           fusion=FusionConfig(rule=args.fusion, alpha=args.alpha))
+    with CloudClient(ClientConfig(address=args.server, timeout_s=args.timeout, token=args.token),
+                     num_items=holder.manifest.num_items) as client:
+        if args.check_update:
+            update = holder.update_from_cloud(client)
+            _show({"model_update": update.status, "model_version": update.version, "reason": update.reason}, args.json)
+        past = tuple(read_events(args.history)) if args.history else ()
+        session = DeviceSession(config, holder, parse_policy(args.policy, args.seed),
+                                lambda: time.monotonic() * 1e3, source=client, history=past)
+        for n, item in enumerate(events, 1):
+            start = time.perf_counter()
+            result = session.on_event(item)
+            row = {"event": n, "item": item, "slate": list(result.slate.items), "stale": result.slate.stale,
+                   "mode": result.slate.mode, "wanted": result.decision.request, "reason": result.decision.reason,
+                   "requested": result.requested, "request_ok": result.request_ok, "note": result.note,
+                   "score": None if np.isnan(result.decision.score) else round(result.decision.score, 4),
+                   "ms": round((time.perf_counter() - start) * 1e3, 3)}
+            _show(row, args.json)
+        summary = {"events": len(events), "requests": session.requests_sent, "failures": session.failures,
+                   "request_rate": session.requests_sent / max(len(events), 1),
+                   "request_bytes": client.stats.request_bytes, "response_bytes": client.stats.response_bytes,
+                   "model_version": holder.manifest.version}
+    emit(summary, args.json, title="summary")
+    return 0
+
+
+def _show(row: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row, default=str), flush=True)
+        return
+    if "event" not in row:
+        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        return
+    sent = ("sent, ok" if row["request_ok"] else f"sent, FAILED ({row['note']})") if row["requested"] else (
+        f"wanted, not sent ({row['note']})" if row["wanted"] or row["note"] else "no")
+    print(f"#{row['event']:<3} item {row['item']:<5} slate {row['slate']}{' STALE' if row['stale'] else ''}\n"
+          f"      request: {sent} - {row['reason']}", flush=True)
+
+
+def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, history: int = 100,
+                  policy: str = "budget:0.1", seed: int = 0) -> dict:
+    """Per-event latency (µs) of on_event with no network, its parts, and this process's memory.
+
+    "event": the whole on_event (SRM re-rank of N candidates + fusion + consistency + policy);
+    "overhead": the same with a free stand-in SRM (what the session adds); "srm": the model alone.
+    A new user session starts every 400 events (histories of 100..500 items).
+    """
+    from device.policy import parse_policy
+    from device.runtime import load_reranker
+
+    reranker = load_reranker(model)
+    if reranker.manifest.num_items < 2 * num_candidates + history + 400:
+        raise DataFormatError(model, 0, "num_items", f"catalogue of {reranker.manifest.num_items} is too small")
+    event_us, event_cpu_us, wanted = _time_events(reranker, parse_policy(policy, seed), events, num_candidates,
+                                                  history, seed)
+    overhead_us, overhead_cpu_us, _ = _time_events(_FreeReranker(reranker), parse_policy(policy, seed), events, num_candidates,
+                                  history, seed)
+    hist = np.arange(1, reranker.history_length + 1, dtype=np.int64)[None]
+    cands = np.arange(1, num_candidates + 1, dtype=np.int64)[None]
+    srm_us = []
+    for _ in range(events):
+        start = time.perf_counter()
+        reranker.score(hist, cands)
+        srm_us.append((time.perf_counter() - start) * 1e6)
+    figures = {"events": events, "num_candidates": num_candidates, "request_rate": wanted / events, "policy": policy,
+               "model": reranker.manifest.model_name, "model_version": reranker.manifest.version,
+               "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb(), "torch_loaded": "torch" in sys.modules,
+               "onnxruntime": getattr(sys.modules.get("onnxruntime"), "__version__", None)}
+    for name, samples in (("event", event_us), ("event_cpu", event_cpu_us), ("overhead", overhead_us),
+                          ("overhead_cpu", overhead_cpu_us), ("srm", srm_us)):
+        arr = np.asarray(samples)
+        figures.update({f"{name}_p50_us": float(np.percentile(arr, 50)), f"{name}_p99_us": float(np.percentile(arr, 99)),
+                        f"{name}_mean_us": float(arr.mean())})
+    return figures
+
+
+class _FreeReranker:
+    """Same manifest, no model: fixed pseudo-random logits (isolates the session's own cost)."""
+
+    def __init__(self, inner):
+        self.manifest, self.history_length = inner.manifest, inner.history_length
+        self._logits = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+
+    def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return self._logits[candidates % self._logits.size]
+
+
+def _time_events(reranker, policy, events: int, num_candidates: int, history: int,
+                 seed: int) -> tuple[list, list, int]:
+    """on_event wall and thread-CPU times (µs, after 200 warm-up events); how many decisions asked for a list.
+
+    onnxruntime with one intra-op thread runs in the calling thread, so the CPU time is the work itself,
+    free of the time the process spent descheduled on a busy machine.
+    """
+    from device.session import DeviceSession, SessionConfig
+    from shared.records import Candidate, CandidateResponse
+
+    rng = np.random.default_rng(seed)
+    catalogue = np.arange(1, reranker.manifest.num_items + 1)
+
+    def fresh(exclude: list[int]) -> CandidateResponse:
+        picks = rng.choice(np.setdiff1d(catalogue, exclude), num_candidates, replace=False)
+        return CandidateResponse(tuple(Candidate(int(i), -float(n)) for n, i in enumerate(picks)), "bench", 0.0)
+
+    samples, cpu, wanted, session = [], [], 0, None
+    for n in range(events + 200):
+        if n % 400 == 0:
+            past = [int(i) for i in rng.choice(catalogue, history, replace=False)]
+            session = DeviceSession(SessionConfig(user_id=f"bench-{n}", num_candidates=num_candidates), reranker,
+                                    policy, lambda: 0.0, history=tuple(past), candidates=fresh(past))
+        shown = set(session.slate().items)
+        item = int(rng.integers(1, catalogue.size + 1))
+        while item in shown:
+            item = int(rng.integers(1, catalogue.size + 1))
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        result = session.on_event(item)
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+        if n >= 200:
+            samples.append(elapsed * 1e6)
+            cpu.append(elapsed_cpu * 1e6)
+            wanted += result.decision.request
+        if session.needs_refresh:
+            session.apply_candidates(fresh(session.history))  # the network is not timed
+    return samples, cpu, wanted
+
+
+def _rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    figures = bench_figures(args.model, args.events, args.num_candidates, args.history, args.policy, args.seed)
+    figures["seed"] = args.seed
+    emit(figures, args.json, title="device bench (per event, no network)")
+    return 0

@@ -1,0 +1,107 @@
+"""Score fusion of the cloud LLM's list order and the device SRM's probabilities (LSC4Rec collaborative inference).
+
+Inputs for one candidate list of L items, in the LLM's order (slot j = 0 is the LLM's best):
+`llm_scores` (L,) the generator's scores (higher is better; only their softmax uses the values),
+`srm_logits` (L,) the SRM's logits on the real-time history, p_j = sigmoid(logit).
+
+Rules (FusionConfig.rule):
+- "reference": s_j = -(j+1)/L + (p_j - 0.5)  (the rule of the paper's tables)
+- "linear":    s_j = alpha * llm_norm_j + (1 - alpha) * srm_norm_j
+               llm_norm: "rank" -(j+1)/L, or "softmax" softmax(llm_scores);
+               srm_norm: "prob" p_j - 0.5, or "rank" -(rank of p_j + 1)/L
+- "llm":       the LLM order (alpha = 1), "srm": the SRM order (alpha = 0).
+"reference" equals "linear" with alpha = 0.5, llm_norm = "rank", srm_norm = "prob" up to a factor 2.
+`positions` lets a shrunken list (consumed items removed) keep the slots j and the length L of the
+list the cloud sent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from shared.config import check
+from shared.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the final order is made from the LLM order and the SRM probabilities."""
+
+    rule: Literal["reference", "linear", "llm", "srm"] = "reference"
+    alpha: float = 0.5  # weight of the LLM term in "linear"
+    llm_norm: Literal["rank", "softmax"] = "rank"
+    srm_norm: Literal["prob", "rank"] = "prob"
+
+    def __post_init__(self):
+        check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "must be in [0, 1]")
+        check(self.rule in ("reference", "linear", "llm", "srm"), "rule", self.rule,
+              "must be one of reference, linear, llm, srm")
+        check(self.llm_norm in ("rank", "softmax"), "llm_norm", self.llm_norm, "must be rank or softmax")
+        check(self.srm_norm in ("prob", "rank"), "srm_norm", self.srm_norm, "must be prob or rank")
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function, float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def rank_norm(num: int, positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
+    """-(j+1)/L for slots j (default 0..num-1, L = num)."""
+    slots = np.arange(num, dtype=np.float64) if positions is None else np.asarray(positions, dtype=np.float64)
+    return -(slots + 1.0) / float(length or num)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    x = np.asarray(scores, dtype=np.float64)
+    x = np.exp(x - x.max())
+    return x / x.sum()
+
+
+def _srm_rank_norm(probs: np.ndarray) -> np.ndarray:
+    order = np.argsort(-probs, kind="stable")
+    ranks = np.empty(probs.size, dtype=np.float64)
+    ranks[order] = np.arange(probs.size)
+    return -(ranks + 1.0) / probs.size
+
+
+def fuse(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
+         positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
+    """(L,) float64 fused scores, higher is better, for a list in the LLM's order."""
+    llm_scores = np.asarray(llm_scores, dtype=np.float64)
+    srm_logits = np.asarray(srm_logits, dtype=np.float64)
+    if llm_scores.shape != srm_logits.shape or llm_scores.ndim != 1:
+        raise InvalidArgumentError("srm_logits", srm_logits.shape, f"must be 1-D like llm_scores {llm_scores.shape}")
+    if not (np.isfinite(llm_scores).all() and np.isfinite(srm_logits).all()):
+        raise InvalidArgumentError("scores", "non-finite", "fusion inputs must be finite")
+    return fuse_trusted(config, llm_scores, srm_logits, positions, length)
+
+
+def fuse_trusted(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
+                 positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
+    """`fuse` without the input checks, for callers that validated them (the session's per-event path)."""
+    num = llm_scores.size
+    llm_rank = rank_norm(num, positions, length)
+    if config.rule == "llm":
+        return llm_rank
+    probs = sigmoid(srm_logits)
+    if config.rule == "srm":
+        return probs
+    if config.rule == "reference":
+        return llm_rank + (probs - 0.5)
+    llm_term = llm_rank if config.llm_norm == "rank" else softmax(llm_scores)
+    srm_term = probs - 0.5 if config.srm_norm == "prob" else _srm_rank_norm(probs)
+    return config.alpha * llm_term + (1.0 - config.alpha) * srm_term
+
+
+def fused_order(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
+                positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
+    """(L,) int64 indices into the list, best first; ties keep the LLM order (stable sort)."""
+    return np.argsort(-fuse(config, llm_scores, srm_logits, positions, length), kind="stable")
+
+
+def srm_order(srm_logits: np.ndarray) -> np.ndarray:
+    """(L,) int64 indices into the list by SRM logit, best first; ties keep the LLM order."""
+    return np.argsort(-np.asarray(srm_logits, dtype=np.float64), kind="stable")

@@ -1,0 +1,271 @@
+"""DeviceSession: one user's real-time history, cached cloud candidates, SRM re-ranking, fusion and request policy.
+
+Synchronous use (the CLI, a phone): give the session a candidate `source` (an object with
+`get_candidates(CandidateRequest) -> CandidateResponse`, e.g. device.client.CloudClient) and call
+`on_event(item)`; when the policy asks for a fresh list (and no back-off is running) the session
+calls the source itself and returns the slate built from the new list.
+
+Driven use (the simulator, batching requests of many sessions made at the same virtual instant):
+build the session with `source=None`; `on_event(item)` then only updates the history, re-ranks,
+fuses, decides and records the wish. After the events of an instant, the driver collects the
+sessions with `needs_refresh and ready_to_request()`, takes `build_request()` from each, answers
+them in one batch, and hands each answer to `apply_candidates(response)` (or the error to
+`report_failure(exc)`). `apply_candidates` validates the list; a list with unknown ids,
+duplicates, non-finite scores or nothing showable is rejected with a typed error
+(UnknownItemError / InvalidArgumentError) AFTER the session has recorded it as a failure.
+
+Failure handling: the cached list stays in use (items consumed meanwhile are dropped), the slate
+is marked stale, requests back off exponentially (`backoff_initial_ms` doubling to
+`backoff_max_ms`) and the wish to refresh is kept until a list arrives. Events that happened while
+offline are not lost: every request carries the most recent `max_request_history` items of the
+full history. A slate never holds a consumed item or an id outside the catalogue; with no usable
+list (cold start while offline) it is empty. If the SRM cannot score (a runtime error, non-finite
+output) the slate falls back to the LLM's order (`Slate.mode == "llm"`) and the consistency score
+is NaN (policies then do not request on consistency). A model swapped in by a
+`device.runtime.ModelHolder` (pass the holder as the reranker) is used from the next event on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from device import consistency
+from device.fusion import FusionConfig, fuse_trusted, srm_order
+from device.policy import Decision, Policy, PolicyState
+from device.runtime import Reranker
+from shared.config import check
+from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
+from shared.records import CandidateRequest, CandidateResponse
+
+
+class CandidateSource(Protocol):
+    def get_candidates(self, request: CandidateRequest) -> CandidateResponse: ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Per-device settings of a session."""
+
+    user_id: str = "user"
+    slate_size: int = 10  # K
+    num_candidates: int = 50  # N asked from the cloud (the list length L of the fusion rule)
+    measure: str = "lsc4rec"  # consistency measure, see device.consistency.MEASURES
+    overlap_k: int = 10  # k of the "overlap" measure
+    max_request_history: int = 200  # most recent items sent with a request
+    backoff_initial_ms: float = 1000.0
+    backoff_max_ms: float = 60000.0
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def __post_init__(self):
+        check(bool(self.user_id), "user_id", self.user_id, "must not be empty")
+        check(self.slate_size >= 1, "slate_size", self.slate_size, "must be >= 1")
+        check(self.num_candidates >= self.slate_size, "num_candidates", self.num_candidates, "must be >= slate_size")
+        check(self.measure in consistency.MEASURES, "measure", self.measure,
+              f"must be one of {', '.join(consistency.MEASURES)}")
+        check(self.max_request_history >= 1, "max_request_history", self.max_request_history, "must be >= 1")
+        check(0 < self.backoff_initial_ms <= self.backoff_max_ms, "backoff_initial_ms", self.backoff_initial_ms,
+              "must be > 0 and <= backoff_max_ms")
+
+
+@dataclass(frozen=True)
+class Slate:
+    """What the user is shown: top-K items, best first, never consumed, never outside the catalogue."""
+
+    items: tuple[int, ...]
+    scores: tuple[float, ...]
+    stale: bool  # the last request failed (or nothing was ever received) and the list is older than wanted
+    mode: str  # "fusion", "llm" (the SRM could not score), or "empty"
+    generator_version: str = ""
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """The answer to one event: the slate to show next and the request decision with its reason."""
+
+    slate: Slate
+    decision: Decision
+    requested: bool  # a request was sent during this call (synchronous use)
+    request_ok: bool | None = None  # its outcome; None when nothing was sent
+    note: str = ""  # why a wanted request was not sent, or why it failed
+
+
+class DeviceSession:
+    """One user's device state; see the module docstring for the synchronous and the driven use."""
+
+    def __init__(self, config: SessionConfig, reranker: Reranker, policy: Policy, now_ms: Callable[[], float],
+                 source: CandidateSource | None = None, history: tuple[int, ...] = (),
+                 candidates: CandidateResponse | None = None):
+        self.config, self.reranker, self.policy, self.now_ms, self.source = config, reranker, policy, now_ms, source
+        self.num_items = reranker.manifest.num_items
+        self.history: list[int] = list(self._check_items("history", history))
+        self._consumed = set(self.history)
+        self.event_index = 0
+        self.events_since_list = 0  # events since the last list arrived (sent with the next request)
+        self.requests_sent = self.failures = 0
+        self.last_error = ""
+        self._items = np.zeros(0, dtype=np.int64)  # cached list in the LLM's order
+        self._llm_scores = np.zeros(0, dtype=np.float64)
+        self._alive = np.zeros(0, dtype=bool)
+        self._generator_version = ""
+        self._wants = candidates is None
+        self._stale = candidates is None
+        self._backoff_ms, self._next_attempt_ms = config.backoff_initial_ms, -math.inf
+        self.last_score = math.nan
+        self._slate = Slate((), (), True, "empty")
+        if candidates is not None:
+            self.apply_candidates(candidates)
+
+    # --- events -------------------------------------------------------------------------------
+    def on_event(self, item: int) -> EventResult:
+        """Append `item` to the history, re-rank, fuse, decide; fetch synchronously if a source is set."""
+        item = int(item)
+        if not 1 <= item <= self.num_items:
+            raise UnknownItemError("item", item, f"not an item id (catalogue is 1..{self.num_items})")
+        self.history.append(item)
+        self._consumed.add(item)
+        self._alive &= self._items != item
+        self.event_index += 1
+        self.events_since_list += 1
+        self._rebuild()
+        decision = self.policy.decide(self.policy_state())
+        retry = "retrying a request that failed; " if self._wants and not decision.request else ""
+        self._wants = self._wants or decision.request
+        if not self._wants:
+            return EventResult(self._slate, decision, requested=False)
+        if self.source is None:
+            return EventResult(self._slate, decision, requested=False, note="request left to the driver")
+        if not self.ready_to_request():
+            return EventResult(self._slate, decision, requested=False,
+                               note=f"backing off until t={self._next_attempt_ms:.0f} ms")
+        ok, note = self.refresh()
+        return EventResult(self._slate, decision, requested=True, request_ok=ok, note=retry + note)
+
+    def slate(self) -> Slate:
+        return self._slate
+
+    def policy_state(self) -> PolicyState:
+        return PolicyState(self.config.user_id, self.event_index, self.events_since_list, self.last_score,
+                           int(self._alive.sum()), self.config.slate_size)
+
+    # --- requests -----------------------------------------------------------------------------
+    @property
+    def needs_refresh(self) -> bool:
+        """The policy (or a failed request) wants a fresh list."""
+        return self._wants
+
+    @property
+    def stale(self) -> bool:
+        return self._stale
+
+    def ready_to_request(self) -> bool:
+        """No back-off running at the session's clock."""
+        return self.now_ms() >= self._next_attempt_ms
+
+    def build_request(self) -> CandidateRequest:
+        """The request for a fresh list from the whole recent history (offline events included)."""
+        self.requests_sent += 1
+        return CandidateRequest(
+            user_id=self.config.user_id, history=tuple(self.history[-self.config.max_request_history:]),
+            num_candidates=self.config.num_candidates, request_id=f"{self.config.user_id}-{self.requests_sent}",
+            device_model_version=self.reranker.manifest.version)
+
+    def refresh(self) -> tuple[bool, str]:
+        """Synchronous request through `source`; a typed failure keeps the cached list and backs off."""
+        if self.source is None:
+            raise InvalidArgumentError("source", None, "refresh() needs a candidate source")
+        try:
+            response = self.source.get_candidates(self.build_request())
+        except LSC4RecError as exc:  # unreachable, slow or failing cloud (the client maps its errors to these)
+            self.report_failure(exc)
+            return False, f"{type(exc).__name__}: {exc}"
+        try:
+            self.apply_candidates(response)
+        except LSC4RecError as exc:  # a rejected list, already recorded as a failure
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, ""
+
+    def report_failure(self, error: BaseException | None = None) -> None:
+        """The request failed: keep serving the cached list, mark it stale, back off exponentially."""
+        self.failures += 1
+        self.last_error = "" if error is None else f"{type(error).__name__}: {error}"
+        self._wants = self._stale = True
+        self._next_attempt_ms = self.now_ms() + self._backoff_ms
+        self._backoff_ms = min(2.0 * self._backoff_ms, self.config.backoff_max_ms)
+        self._slate = Slate(self._slate.items, self._slate.scores, True, self._slate.mode,
+                            self._slate.generator_version, self._slate.model_version)
+
+    def apply_candidates(self, response: CandidateResponse) -> Slate:
+        """Validate and cache a fresh list; a bad list is recorded as a failure, then raised as a typed error."""
+        try:
+            items, scores = self._validate(response)
+        except LSC4RecError as exc:
+            self.report_failure(exc)
+            raise
+        self._items, self._llm_scores = items, scores
+        self._alive = np.array([int(i) not in self._consumed for i in items], dtype=bool)
+        self._generator_version = response.generator_version
+        self._wants = self._stale = False
+        self.events_since_list = 0
+        self._backoff_ms, self._next_attempt_ms = self.config.backoff_initial_ms, -math.inf
+        self._rebuild()
+        return self._slate
+
+    def _validate(self, response: CandidateResponse) -> tuple[np.ndarray, np.ndarray]:
+        items = np.array([c.item for c in response.candidates], dtype=np.int64)
+        scores = np.array([c.score for c in response.candidates], dtype=np.float64)
+        self._check_items("candidates.item", items.tolist())
+        if len(set(items.tolist())) != items.size:
+            raise InvalidArgumentError("candidates.item", items.tolist(), "contains duplicates")
+        if not np.isfinite(scores).all():
+            raise InvalidArgumentError("candidates.score", scores.tolist(), "must be finite")
+        if not any(int(i) not in self._consumed for i in items):
+            raise InvalidArgumentError("candidates", f"<{items.size} items>", "no unconsumed candidate to show")
+        return items, scores
+
+    # --- re-ranking ---------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        """Re-rank the unconsumed cached candidates on the current history, fuse, score consistency."""
+        slots = np.flatnonzero(self._alive)  # positions j in the list the cloud sent
+        if slots.size == 0:
+            self.last_score = math.nan
+            self._slate = Slate((), (), self._stale, "empty", self._generator_version, self.reranker.manifest.version)
+            return
+        items, llm = self._items[slots], self._llm_scores[slots]
+        logits = self._srm_logits(items)
+        k = self.config.slate_size
+        if logits is None:  # the model could not score: fall back to the LLM's order
+            self.last_score = math.nan
+            top = np.arange(min(k, slots.size))
+            self._slate = Slate(tuple(items[top].tolist()), tuple((-(slots[top] + 1.0)).tolist()),
+                                self._stale, "llm", self._generator_version, self.reranker.manifest.version)
+            return
+        fused = fuse_trusted(self.config.fusion, llm, logits, positions=slots, length=self._items.size)
+        order = np.argsort(-fused, kind="stable")[:k]  # ties keep the LLM order
+        self.last_score = consistency.inconsistency_of_permutation(
+            self.config.measure, srm_order(logits),
+            num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
+        self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
+                            self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
+
+    def _srm_logits(self, items: np.ndarray) -> np.ndarray | None:
+        length = self.reranker.history_length
+        recent = self.history[-length:]
+        history = np.zeros((1, length), dtype=np.int64)  # (1, T) left-padded with 0
+        if recent:
+            history[0, length - len(recent):] = recent
+        try:
+            logits = self.reranker.score(history, items[None, :])[0].astype(np.float64)
+        except LSC4RecError:
+            return None
+        return logits if np.isfinite(logits).all() else None
+
+    def _check_items(self, name: str, items) -> tuple[int, ...]:
+        out = tuple(int(i) for i in items)
+        for n, item in enumerate(out):
+            if not 1 <= item <= self.num_items:
+                raise UnknownItemError(f"{name}[{n}]", item, f"not an item id (catalogue is 1..{self.num_items})")
+        return out

@@ -1,0 +1,83 @@
+"""Consistency measures against closed-form values."""
+import numpy as np
+import pytest
+
+from device import consistency as c
+from shared.errors import InvalidArgumentError
+
+LLM = [10, 20, 30, 40, 50]
+REV = LLM[::-1]
+
+
+def test_positions_maps_llm_slots_to_srm_positions():
+    assert c.positions(LLM, [20, 10, 30, 50, 40]).tolist() == [1, 0, 2, 4, 3]
+
+
+def test_footrule_identical_reversed_and_swap():
+    assert c.footrule(LLM, LLM) == 0.0
+    # reversed: |j - (n-1-j)| = 4,2,0,2,4 -> mean 12/5
+    assert c.footrule(LLM, REV) == pytest.approx(12 / 5)
+    assert c.footrule(LLM, [20, 10, 30, 40, 50]) == pytest.approx(2 / 5)
+
+
+def test_lsc4rec_penalty_formula():
+    assert c.lsc4rec_score(LLM, LLM) == pytest.approx(16.0)  # (4 + 0)^2
+    assert c.lsc4rec_score(LLM, REV, num_invalid=10) == pytest.approx(12 / 5 + 49.0)  # (4 + 3)^2
+    assert c.lsc4rec_score(LLM, LLM, 1) > c.lsc4rec_score(LLM, LLM, 0)
+    with pytest.raises(InvalidArgumentError):
+        c.lsc4rec_score(LLM, LLM, -1)
+
+
+def test_kendall_tau():
+    assert c.kendall_tau(LLM, LLM) == 1.0
+    assert c.kendall_tau(LLM, REV) == -1.0
+    # one adjacent swap of 5 items: 1 discordant pair of 10 -> (9 - 1) / 10
+    assert c.kendall_tau(LLM, [20, 10, 30, 40, 50]) == pytest.approx(0.8)
+    assert c.kendall_tau([7], [7]) == 1.0
+
+
+def test_top_k_overlap():
+    assert c.top_k_overlap(LLM, LLM, 3) == 1.0
+    assert c.top_k_overlap(LLM, REV, 2) == 0.0
+    assert c.top_k_overlap(LLM, [10, 40, 20, 30, 50], 2) == 0.5
+    assert c.top_k_overlap(LLM, REV, 10) == 1.0  # k beyond the list: whole list
+    with pytest.raises(InvalidArgumentError):
+        c.top_k_overlap(LLM, LLM, 0)
+
+
+def test_rbo_closed_form():
+    assert c.rank_biased_overlap(LLM, LLM, 0.9) == pytest.approx(1.0)
+    # two items swapped: A_1 = 0, A_2 = 1 -> (1-p)/p * (0*p + p^2) + 1*p^2 = (1-p) p + p^2 = p
+    p = 0.8
+    assert c.rank_biased_overlap([1, 2], [2, 1], p) == pytest.approx(p)
+    # reversed 3: A = 0, 1/2, 1 -> (1-p)/p (1/2 p^2 + p^3) + p^3
+    expected = (1 - p) / p * (0.5 * p**2 + p**3) + p**3
+    assert c.rank_biased_overlap([1, 2, 3], [3, 2, 1], p) == pytest.approx(expected)
+
+
+def test_rbo_matches_bruteforce_on_random_permutations():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        llm = rng.permutation(50) + 1
+        srm = rng.permutation(llm)
+        p = 0.9
+        agree = [len(set(llm[:d]) & set(srm[:d])) / d for d in range(1, 51)]
+        brute = (1 - p) / p * sum(a * p**d for d, a in zip(range(1, 51), agree)) + agree[-1] * p**50
+        assert c.rank_biased_overlap(llm, srm, p) == pytest.approx(brute)
+        pos = {int(x): i for i, x in enumerate(srm)}
+        assert c.footrule(llm, srm) == pytest.approx(np.mean([abs(i - pos[int(x)]) for i, x in enumerate(llm)]))
+
+
+def test_bad_inputs_raise_typed_errors():
+    with pytest.raises(InvalidArgumentError):
+        c.footrule([1, 2, 3], [1, 2, 4])
+    with pytest.raises(InvalidArgumentError):
+        c.kendall_tau([1, 1, 2], [1, 2, 1])
+    with pytest.raises(InvalidArgumentError):
+        c.inconsistency("nope", np.array([1]), np.array([1]))
+
+
+def test_inconsistency_is_zero_for_identical_orders_except_penalised():
+    for measure in ("footrule", "kendall", "overlap", "rbo"):
+        assert c.inconsistency(measure, np.array(LLM), np.array(LLM)) == pytest.approx(0.0)
+        assert c.inconsistency(measure, np.array(LLM), np.array(REV), k=2) > 0

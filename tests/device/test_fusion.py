@@ -1,0 +1,66 @@
+"""Fusion rules: the reference rule, the general linear rule and its two ends."""
+import numpy as np
+import pytest
+
+from device.fusion import FusionConfig, fuse, fused_order, sigmoid, srm_order
+from shared.errors import ConfigError, InvalidArgumentError
+
+LLM_SCORES = np.array([-1.0, -2.0, -3.0, -4.0])
+LOGITS = np.array([-3.0, 0.0, 3.0, 0.5])
+
+
+def test_reference_rule_closed_form():
+    fused = fuse(FusionConfig(rule="reference"), LLM_SCORES, LOGITS)
+    expected = -(np.arange(4) + 1) / 4 + (sigmoid(LOGITS) - 0.5)
+    assert np.allclose(fused, expected)
+    assert fused_order(FusionConfig(), LLM_SCORES, LOGITS).tolist() == np.argsort(-expected, kind="stable").tolist()
+
+
+def test_linear_rank_prob_at_half_equals_reference_order():
+    ref = fuse(FusionConfig(rule="reference"), LLM_SCORES, LOGITS)
+    lin = fuse(FusionConfig(rule="linear", alpha=0.5), LLM_SCORES, LOGITS)
+    assert np.allclose(lin * 2, ref)
+
+
+def test_ends_are_llm_only_and_srm_only():
+    one = FusionConfig(rule="linear", alpha=1.0)
+    zero = FusionConfig(rule="linear", alpha=0.0)
+    assert fused_order(one, LLM_SCORES, LOGITS).tolist() == [0, 1, 2, 3]
+    assert fused_order(FusionConfig(rule="llm"), LLM_SCORES, LOGITS).tolist() == [0, 1, 2, 3]
+    assert fused_order(zero, LLM_SCORES, LOGITS).tolist() == [2, 3, 1, 0]
+    assert fused_order(FusionConfig(rule="srm"), LLM_SCORES, LOGITS).tolist() == [2, 3, 1, 0]
+    assert srm_order(LOGITS).tolist() == [2, 3, 1, 0]
+
+
+def test_softmax_normalisation_uses_llm_score_values():
+    config = FusionConfig(rule="linear", alpha=0.5, llm_norm="softmax")
+    soft = np.exp(LLM_SCORES) / np.exp(LLM_SCORES).sum()
+    assert np.allclose(fuse(config, LLM_SCORES, LOGITS), 0.5 * soft + 0.5 * (sigmoid(LOGITS) - 0.5))
+
+
+def test_srm_rank_normalisation():
+    config = FusionConfig(rule="linear", alpha=0.0, srm_norm="rank")
+    # SRM ranks of LOGITS: item 2 first, 3 second, 1 third, 0 fourth
+    assert np.allclose(fuse(config, LLM_SCORES, LOGITS), [-1.0, -0.75, -0.25, -0.5])
+
+
+def test_positions_keep_the_original_list_slots():
+    # a list of 50 where only slots 3 and 40 remain: the LLM term uses -(j+1)/50
+    fused = fuse(FusionConfig(rule="llm"), np.zeros(2), np.zeros(2), positions=np.array([3, 40]), length=50)
+    assert np.allclose(fused, [-4 / 50, -41 / 50])
+
+
+def test_ties_keep_llm_order_and_bad_inputs_raise():
+    assert fused_order(FusionConfig(rule="srm"), np.zeros(3), np.zeros(3)).tolist() == [0, 1, 2]
+    with pytest.raises(InvalidArgumentError):
+        fuse(FusionConfig(), np.zeros(3), np.zeros(2))
+    with pytest.raises(InvalidArgumentError):
+        fuse(FusionConfig(), np.zeros(2), np.array([0.0, np.nan]))
+    with pytest.raises(ConfigError):
+        FusionConfig(alpha=1.5)
+    with pytest.raises(ConfigError):
+        FusionConfig(rule="mean")
+
+
+def test_sigmoid_is_stable_for_large_logits():
+    assert np.allclose(sigmoid(np.array([-1000.0, 0.0, 1000.0])), [0.0, 0.5, 1.0])
