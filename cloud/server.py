@@ -199,7 +199,11 @@ class CloudServer:
             interceptors=interceptors, maximum_concurrent_rpcs=config.threads,
             options=[("grpc.max_receive_message_length", config.max_receive_bytes),
                      ("grpc.max_send_message_length", config.max_send_bytes),
-                     ("grpc.so_reuseport", 0)])
+                     ("grpc.so_reuseport", 0),
+                     # Devices send keepalive pings (device.client) to notice dead links; accept them.
+                     ("grpc.keepalive_permit_without_calls", 1),
+                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                     ("grpc.http2.max_ping_strikes", 0)])
         pb_grpc.add_CandidateServiceServicer_to_server(self.candidates, self.grpc)
         pb_grpc.add_ModelServiceServicer_to_server(self.models, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -17,7 +17,7 @@ import grpc
 from shared import wire
 from shared.config import check
 from shared.errors import ChecksumError, InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
-from shared.manifest import verify_artifact, write_manifest
+from shared.manifest import manifest_from_dict, manifest_to_dict, verify_artifact, write_manifest
 from shared.records import CandidateRequest, CandidateResponse, ModelFormat, ModelManifest
 from shared.rpc import lsc4rec_pb2 as pb
 from shared.rpc import lsc4rec_pb2_grpc as pb_grpc
@@ -37,6 +37,12 @@ class ClientConfig:
     token: str = ""  # bearer token ("" = none)
     tls_ca_file: str = ""  # PEM root certificate; "" = plaintext
     tls_server_name: str = ""  # override of the TLS target name (tests with a self-signed cert)
+    # gRPC's default reconnect backoff grows to 120 s, so a device would stay away long after the cloud is
+    # back; cap it so recovery after an outage takes about a second.
+    reconnect_backoff_max_ms: int = 1000
+    # Keepalive pings detect a dead (black-holed) connection; 0 disables them.
+    keepalive_ms: int = 10_000
+    keepalive_timeout_ms: int = 2_000
 
     def __post_init__(self):
         check(self.timeout_s > 0, "timeout_s", self.timeout_s, "must be > 0")
@@ -131,6 +137,8 @@ class CloudClient:
         Bytes go to a hidden temp folder first; a wrong size or sha256 discards it and raises
         ChecksumError/ManifestError, so a half or corrupt artifact never appears under its name.
         """
+        # Re-validate: the version becomes a folder name, so it must be a plain name (no '/' or '..').
+        manifest = manifest_from_dict(manifest_to_dict(manifest), source=f"manifest {manifest.version!r}")
         dest_folder = Path(dest_folder)
         final = dest_folder / f"{manifest.format.value}-{manifest.version}"
         if final.exists():
@@ -234,7 +242,16 @@ def _typed(exc: grpc.RpcError, attempts: int) -> LSC4RecError:
 
 def _make_channel(config: ClientConfig) -> grpc.Channel:
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes)]
+               ("grpc.max_send_message_length", config.max_message_bytes),
+               ("grpc.initial_reconnect_backoff_ms", min(200, config.reconnect_backoff_max_ms)),
+               ("grpc.min_reconnect_backoff_ms", min(200, config.reconnect_backoff_max_ms)),
+               ("grpc.max_reconnect_backoff_ms", config.reconnect_backoff_max_ms)]
+    if config.keepalive_ms:
+        options += [("grpc.keepalive_time_ms", config.keepalive_ms),
+                    ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
+                    ("grpc.http2.ping_timeout_ms", config.keepalive_timeout_ms),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.max_pings_without_data", 0)]
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     if not config.tls_ca_file:

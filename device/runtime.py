@@ -109,13 +109,16 @@ class OnnxReranker:
         except Exception as exc:  # onnxruntime raises its own untyped errors for a broken graph
             raise ManifestError(f"{path}: onnxruntime cannot load the model ({exc})") from None
         self.manifest = manifest
-        graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
-        if len(graph_in) != 2:
-            raise ManifestError(f"{path}: graph has {len(graph_in)} inputs, manifest declares 2")
-        for spec, arg in zip(manifest.inputs, graph_in):
-            _check_spec(f"{path}: input", spec, arg.name, _ORT_DTYPES.get(arg.type, arg.type), arg.shape)
-        _check_spec(f"{path}: output", manifest.outputs[0], graph_out[0].name,
-                    _ORT_DTYPES.get(graph_out[0].type, graph_out[0].type), graph_out[0].shape)
+        try:
+            graph = [(arg.name, _ORT_DTYPES.get(arg.type, arg.type), arg.shape)
+                     for arg in (*self._session.get_inputs(), *self._session.get_outputs()[:1])]
+        except Exception as exc:  # e.g. UnicodeDecodeError for a dimension name that is not UTF-8
+            raise ManifestError(f"{path}: onnxruntime cannot describe the graph ({exc!r})") from None
+        if len(graph) != 3:
+            raise ManifestError(f"{path}: graph has {len(graph) - 1} inputs, manifest declares 2")
+        for spec, (name, dtype, shape), what in zip((*manifest.inputs, manifest.outputs[0]), graph,
+                                                    ("input", "input", "output")):
+            _check_spec(f"{path}: {what}", spec, name, dtype, shape)
         self._names = [s.name for s in manifest.inputs]
         self._output = [manifest.outputs[0].name]
         self._warm_up(path)

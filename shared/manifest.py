@@ -4,12 +4,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from shared.errors import ManifestError
 from shared.records import ModelFormat, ModelManifest, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHUNK = 1 << 20
 
 
@@ -57,6 +59,10 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
     for name in ("history_length", "num_items", "size_bytes"):
         if check(name, int) <= 0:
             raise ManifestError(f"{source}: field '{name}' = {data[name]!r} must be positive")
+    version = check("version", str)
+    if not _SAFE_NAME.fullmatch(version):
+        raise ManifestError(f"{source}: field 'version' = {version!r} must be a plain name "
+                            "(letters, digits, '.', '_', '-'; at most 128; not starting with '.')")
     file_name = check("file_name", str)
     if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
         raise ManifestError(f"{source}: field 'file_name' = {file_name!r} must be a plain file name")
@@ -65,7 +71,7 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
         raise ManifestError(f"{source}: field 'metrics' = {metrics!r} must map names to numbers")
     return ModelManifest(
         model_name=check("model_name", str),
-        version=check("version", str),
+        version=version,
         format=fmt,
         file_name=file_name,
         sha256=sha,
