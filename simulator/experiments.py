@@ -1,0 +1,265 @@
+"""An experiment: load data and models, calibrate budgets, run the policy x fusion x budget x seed grid."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import to_dict
+from shared.sequences import pad_left
+from simulator.cloud_link import GeneratorSource, MemoSource
+from simulator.config import SimConfig, check_against_data
+from simulator.engine import Replay, RunResult, Streams, build_streams
+from simulator.figures import device_only_ranks, summarize
+from simulator.device_adapter import MemoReranker, PolicySpec
+from simulator.engine import MAX_REQUEST_HISTORY
+from simulator.models import load_generator, load_reranker
+from simulator.network import NetworkModel
+
+
+@dataclass
+class World:
+    """Everything a run needs, loaded once: data, streams, models, the cloud link."""
+
+    config: SimConfig
+    dataset: object
+    streams: Streams
+    generator: object
+    reranker: object
+    source: object  # CandidateSource used by the replays
+    scorer: MemoReranker  # the reranker every session holds (memoised; re-training swaps its model)
+
+
+def load_world(config: SimConfig, source=None, generator=None, reranker=None, dataset=None) -> World:
+    """Check the config against the data first, then load models (stand-ins when no folder is given)."""
+    from shared.data.dataset import load_dataset
+
+    dataset = dataset if dataset is not None else load_dataset(Path(config.data))
+    check_against_data(config, dataset.sequences(), dataset.num_items)
+    streams = build_streams(dataset, config.stream_length, config.cloud_lag, config.max_users)
+    if generator is None and source is None:
+        generator = load_generator(config.llm, dataset, streams.cloud_seen)
+    if reranker is None:
+        reranker = load_reranker(config.srm, config.srm_format, dataset, streams.past)
+    source = source if source is not None else MemoSource(GeneratorSource(generator))
+    return World(config, dataset, streams, generator, reranker, source, MemoReranker(reranker, dataset.num_items))
+
+
+def make_replay(world: World, streams: Streams | None = None, seed: int = 0, retrain=None,
+                progress: bool = True, span=None) -> Replay:
+    cfg = world.config
+    streams = streams if streams is not None else world.streams
+    span = span or world.streams.span
+    network = NetworkModel(cfg.network, seed, span, world.dataset.num_users, cfg.stream_length)
+    return Replay(streams, world.source, world.scorer, num_candidates=cfg.num_candidates,
+                  slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, network=network,
+                  deliver=cfg.network.deliver, retrain=retrain, progress=progress, span=span,
+                  num_items=world.dataset.num_items)
+
+
+def _hist(seq) -> tuple[int, ...]:
+    return tuple(int(i) for i in seq[-MAX_REQUEST_HISTORY:])
+
+
+def warm(world: World, streams: Streams | None = None, progress: bool = True) -> None:
+    """In-process only: generate every list a replay can ask for (each history prefix) in big batches,
+    and score the catalogue for every history a device can hold. Protocol B fixes both sets, so every
+    run of the grid afterwards is lookups; results equal computing on demand (checked for the SRM)."""
+    from tqdm import tqdm
+
+    from shared.records import CandidateRequest
+
+    cfg, s = world.config, streams if streams is not None else world.streams
+    reqs, hists = [], []
+    for user, seen, past, items in zip(s.users, s.cloud_seen, s.past, s.items):
+        reqs.append(CandidateRequest(str(int(user)), _hist(seen), cfg.num_candidates))
+        hists.append(past)
+        for t in range(1, len(items) + 1):  # requests follow a revealed item
+            hist = np.concatenate([past, items[:t]])
+            reqs.append(CandidateRequest(str(int(user)), _hist(hist), cfg.num_candidates))
+            hists.append(hist)
+    chunk = 128
+    answers = []
+    for start in tqdm(range(0, len(reqs), chunk), desc="cloud lists", unit="batch", disable=not progress):
+        answers += world.source.fetch(reqs[start:start + chunk])
+    world.scorer.warm(hists, progress=progress)
+    sample = range(0, len(answers), max(1, len(answers) // 20))
+    world.scorer.check([hists[i] for i in sample],
+                       [np.array([c.item for c in answers[i].candidates], dtype=np.int64) for i in sample])
+
+
+def calibrate(world: World, budgets, progress: bool = True) -> dict[float, dict]:
+    """Thresholds of consistency-under-budget from a calibration replay on the past (no stream event).
+
+    The stream is moved S items back, so calibration sees only interactions before every live event.
+    Every inconsistency score a device can meet there is tabulated once (user, step, age of its list);
+    replaying the policy for a threshold is then a walk over the table, and bisection finds the
+    threshold whose realised request rate is closest to each budget (ideal network assumed).
+    """
+    cfg = world.config
+    pseudo = build_streams(world.dataset, cfg.stream_length, cfg.cloud_lag, cfg.max_users, shift=cfg.stream_length)
+    if cfg.calibration_users and cfg.calibration_users < len(pseudo.users):
+        pick = np.random.default_rng(0xCA1).choice(len(pseudo.users), cfg.calibration_users, replace=False)
+        pseudo = pseudo.subset(np.sort(pick))
+    if cfg.mode == "inprocess":
+        warm(world, pseudo, progress)
+    source = world.source if isinstance(world.source, MemoSource) else MemoSource(world.source)
+    table = _score_table(world, pseudo, source)
+
+    def rate(threshold: float) -> float:
+        requests = 0
+        for scores, forced in table:  # per user: (S, S + 1) score and forced-request tables
+            key = 0
+            for t in range(scores.shape[0]):
+                if forced[t, key] or scores[t, key] >= threshold:
+                    requests += 1
+                    key = t + 1
+        return requests / max(1, sum(len(s) for s, _ in table))
+
+    values = np.concatenate([s[np.isfinite(s)] for s, _ in table])
+    out = {}
+    for budget in budgets:
+        lo, hi = float(values.min()) - 1e-6, float(values.max()) + 1e-6  # rate(lo) ~ 1, rate(hi) ~ 0
+        best = (abs(rate(hi) - budget), hi)
+        for _ in range(cfg.calibration_iters):
+            mid = (lo + hi) / 2
+            r = rate(mid)
+            best = min(best, (abs(r - budget), mid))
+            lo, hi = (mid, hi) if r > budget else (lo, mid)
+        out[budget] = {"threshold": best[1], "calibration_rate": rate(best[1]), "calibration_users": len(pseudo.users)}
+        if progress:
+            print(f"calibrated budget {budget:.0%}: threshold {best[1]:.3f} (calibration rate "
+                  f"{rate(best[1]):.3f})", file=sys.stderr)
+    return out
+
+
+def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per user: scores[t, k] = inconsistency after revealing step t when the cached list came from the
+    request after step k (k = 0: the initial list); forced[t, k] = fewer than K candidates remain.
+    Computed with the device runtime's own measure, as DeviceSession does."""
+    from device.consistency import inconsistency_of_permutation
+    from device.fusion import srm_order
+    from shared.records import CandidateRequest
+
+    cfg = world.config
+    table = []
+    for u, user in enumerate(pseudo.users):
+        past, items, seen = pseudo.past[u], pseudo.items[u], pseudo.cloud_seen[u]
+        hists = [seen] + [np.concatenate([past, items[:t]]) for t in range(1, len(items) + 1)]
+        reqs = [CandidateRequest(str(int(user)), _hist(h), cfg.num_candidates) for h in hists]
+        lists = [np.array([c.item for c in r.candidates], dtype=np.int64) for r in source.fetch(reqs)]
+        steps = len(items)
+        scores = np.full((steps, steps + 1), np.inf)
+        forced = np.zeros((steps, steps + 1), dtype=bool)
+        consumed = np.zeros(world.dataset.num_items + 1, dtype=bool)
+        consumed[past] = True
+        for t in range(steps):
+            consumed[items[t]] = True
+            hist = np.concatenate([past, items[:t + 1]])
+            table_row = world.scorer.catalogue_scores(pad_left([hist], world.scorer.history_length))[0]
+            for k in range(t + 1):
+                cands = lists[k]
+                alive = cands[~consumed[cands]]
+                if alive.size == 0:
+                    forced[t, k] = True
+                    continue
+                logits = table_row[alive].astype(np.float64)
+                scores[t, k] = inconsistency_of_permutation("lsc4rec", srm_order(logits),
+                                                            num_invalid=max(cfg.num_candidates - alive.size, 0))
+                forced[t, k] = alive.size < cfg.slate_size
+        table.append((scores, forced))
+    return table
+
+
+def plan(config: SimConfig) -> list[dict]:
+    """The grid, in the order it runs; 'random-matched' rows take the rate of the consistency run before."""
+    runs = []
+    net = config.network
+    once = config.deterministic_once and net.loss == 0 and not net.outages
+    for seed in config.seeds:
+        for fusion in config.fusions:
+            for policy in config.policies:
+                if once and seed != config.seeds[0] and policy != "random":
+                    if policy == "consistency-budget" and config.matched_random:
+                        runs += [{"policy": "random-matched", "fusion": fusion, "seed": seed, "budget": b}
+                                 for b in config.budgets]
+                    continue
+                if policy in ("never", "always"):
+                    runs.append({"policy": policy, "fusion": fusion, "seed": seed, "budget": None})
+                elif policy == "consistency":
+                    runs.append({"policy": policy, "fusion": fusion, "seed": seed, "budget": None})
+                else:
+                    for budget in config.budgets:
+                        runs.append({"policy": policy, "fusion": fusion, "seed": seed, "budget": budget})
+                        if policy == "consistency-budget" and config.matched_random:
+                            runs.append({"policy": "random-matched", "fusion": fusion, "seed": seed,
+                                         "budget": budget})
+    for run in runs:
+        budget = "" if run["budget"] is None else f"-b{round(run['budget'] * 100):02d}"
+        run["id"] = f"{run['policy']}-{run['fusion']}{budget}-s{run['seed']}"
+    return runs
+
+
+def policy_for(run: dict, config: SimConfig, thresholds: dict, done: dict) -> PolicySpec:
+    name, budget = run["policy"], run["budget"]
+    if name == "every-n":
+        return PolicySpec("every-n", n=max(1, int(round(1 / budget))))
+    if name == "random":
+        return PolicySpec("random", rate=budget, seed=run["seed"])
+    if name == "consistency":
+        return PolicySpec("consistency", threshold=config.threshold)
+    if name == "consistency-budget":
+        return PolicySpec("consistency", threshold=thresholds[budget]["threshold"])
+    if name == "random-matched":
+        twin_id = run["id"].replace("random-matched", "consistency-budget", 1)
+        if twin_id not in done:  # deterministic twin run for the first seed only
+            twin_id = twin_id.rsplit("-s", 1)[0] + f"-s{config.seeds[0]}"
+        twin = done[twin_id]
+        return PolicySpec("random", rate=twin["request_rate"], seed=run["seed"])
+    return PolicySpec(name)
+
+
+def run_one(world: World, run: dict, policy: PolicySpec, initial, retrain=None, progress=True) -> RunResult:
+    world.scorer.set_model(world.reranker)  # every run starts from the deployed model
+    replay = make_replay(world, seed=run["seed"], retrain=retrain, progress=progress)
+    result = replay.run(policy, run["fusion"], run["seed"], initial=initial)
+    result.summary = summarize(result.rows, world.config.slate_size)
+    result.summary["model_updates"] = replay.updates
+    return result
+
+
+def device_only(world: World) -> dict:
+    cfg = world.config
+    ranks = device_only_ranks(world.streams, world.scorer, world.scorer.history_length,
+                              world.dataset.num_items, cfg.slate_size)
+    rows = {"rank": ranks.ravel(), "requested": np.zeros(ranks.size, bool), "delivered": np.zeros(ranks.size, bool),
+            "latency_ms": np.full(ranks.size, np.nan), "stale": np.zeros(ranks.size, bool),
+            "bytes_up": np.zeros(ranks.size), "bytes_down": np.zeros(ranks.size),
+            "user": np.repeat(world.streams.users, ranks.shape[1])}
+    return summarize(rows, cfg.slate_size)
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_jsonable))
+    tmp.replace(path)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return str(value)
+
+
+def config_record(config: SimConfig) -> dict:
+    return to_dict(config)
+
+
+def now() -> float:
+    return time.perf_counter()

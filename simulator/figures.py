@@ -1,0 +1,58 @@
+"""Figures of a run from its per-step rows, and the no-cloud baseline (SRM over the full catalogue)."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.metrics import hit_rate, mrr, ndcg
+from shared.sequences import pad_left
+
+
+def summarize(rows: dict[str, np.ndarray], k: int) -> dict:
+    """HR/NDCG/MRR on the slates shown before each event, request rate, staleness, bytes, latency."""
+    ranks = np.asarray(rows["rank"], dtype=np.int64)
+    steps = len(ranks)
+    requested = np.asarray(rows["requested"], dtype=bool)
+    delivered = np.asarray(rows["delivered"], dtype=bool)
+    latency = np.asarray(rows["latency_ms"], dtype=np.float64)[requested & delivered]
+    out = {}
+    # The slate holds K items, so @10 with K < 10 equals @K; @5, @10 and @K are always reported.
+    for cut in sorted({5, 10, k}):
+        out.update({f"hr@{cut}": hit_rate(ranks, cut), f"ndcg@{cut}": ndcg(ranks, cut), f"mrr@{cut}": mrr(ranks, cut)})
+    out.update({
+        "steps": steps,
+        "users": int(len(np.unique(rows["user"]))) if steps else 0,
+        "requests": int(requested.sum()),
+        "request_rate": float(requested.mean()) if steps else 0.0,
+        "failed_requests": int((requested & ~delivered).sum()),
+        "stale_slates": int(np.asarray(rows["stale"], dtype=bool).sum()),
+        "bytes_up_per_event": float(np.sum(rows["bytes_up"]) / steps) if steps else 0.0,
+        "bytes_down_per_event": float(np.sum(rows["bytes_down"]) / steps) if steps else 0.0,
+        "latency_p50_ms": float(np.percentile(latency, 50)) if latency.size else None,
+        "latency_p99_ms": float(np.percentile(latency, 99)) if latency.size else None,
+    })
+    return out
+
+
+def device_only_ranks(streams, reranker, length: int, num_items: int, k: int, batch: int = 128) -> np.ndarray:
+    """(U, S) 0-based rank of each stream item when the SRM ranks the whole catalogue minus the history.
+
+    The device knows the whole past and every revealed stream item (no cloud involved); -1 beyond K.
+    """
+    users, steps = streams.items.shape
+    ranks = np.full((users, steps), -1, dtype=np.int64)
+    catalogue = np.arange(1, num_items + 1, dtype=np.int64)
+    for start in range(0, users, batch):
+        idx = range(start, min(start + batch, users))
+        for t in range(steps):
+            hists = [np.concatenate([streams.past[u], streams.items[u, :t]]) for u in idx]
+            scores = np.asarray(reranker.score(pad_left(hists, length),
+                                               np.broadcast_to(catalogue, (len(hists), num_items)).copy()),
+                                dtype=np.float64)
+            for row, (u, hist) in enumerate(zip(idx, hists)):
+                s = scores[row]
+                s[hist - 1] = -np.inf  # consumed items are never recommended again
+                target = streams.items[u, t]
+                order = np.argsort(-s, kind="stable")[:k] + 1
+                hit = np.flatnonzero(order == target)
+                ranks[u, t] = int(hit[0]) if len(hit) else -1
+    return ranks

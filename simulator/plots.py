@@ -1,0 +1,107 @@
+"""matplotlib plots of a simulation: NDCG@10 vs request rate, latency CDF, bytes per event."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def ndcg_vs_rate(agg: list[dict], device_only: dict | None, path: Path) -> Path | None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {("consistency-budget", "fusion"): ("tab:blue", "-", "consistency, fusion"),
+              ("random-matched", "fusion"): ("tab:blue", "--", "random, fusion"),
+              ("consistency-budget", "srm"): ("tab:orange", "-", "consistency, SRM only"),
+              ("random-matched", "srm"): ("tab:orange", "--", "random, SRM only"),
+              ("consistency-budget", "llm"): ("tab:green", "-", "consistency, LLM only"),
+              ("random-matched", "llm"): ("tab:green", "--", "random, LLM only")}
+    drawn = False
+    for (policy, fusion), (color, ls, label) in styles.items():
+        rows = sorted((r for r in agg if r["policy"] == policy and r["fusion"] == fusion and not r["retrain"]),
+                      key=lambda r: r["request_rate"])
+        if rows:
+            ax.plot([r["request_rate"] for r in rows], [r["ndcg@10"] for r in rows], ls, color=color,
+                    marker="o", label=label)
+            drawn = True
+    lines = [(r, f"{r['policy']} ({r['fusion']})") for r in agg if r["policy"] in ("always", "never")
+             and r["fusion"] in ("llm", "fusion") and not r["retrain"]]
+    colors = iter(["tab:gray", "tab:red", "tab:purple", "tab:brown", "tab:pink"])
+    for row, label in lines:
+        ax.axhline(row["ndcg@10"], color=next(colors, "black"), lw=1, ls=":", label=label)
+    if device_only:
+        ax.axhline(device_only["ndcg@10"], color="black", lw=1.2, ls="-.", label="device-only SRM (no cloud)")
+    if not drawn and not lines:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("realised request rate")
+    ax.set_ylabel("NDCG@10 on the slate shown")
+    ax.set_title("Accuracy against cloud requests")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_cdf(rows_dir: Path, run_ids: list[str], path: Path) -> Path | None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for run_id in run_ids:
+        file = rows_dir / f"{run_id}.csv"
+        if not file.is_file():
+            continue
+        with file.open() as fh:
+            values = [float(r["latency_ms"]) for r in csv.DictReader(fh)
+                      if r["requested"] == "True" and r["delivered"] == "True"]
+        if values:
+            values = np.sort(values)
+            ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=run_id)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("modelled request latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("Latency CDF of cloud requests")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def bytes_per_event(agg: list[dict], path: Path) -> Path | None:
+    plt = _plt()
+    rows = sorted((r for r in agg if r["fusion"] == "fusion" and not r["retrain"]),
+                  key=lambda r: (r["request_rate"], r["policy"]))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for policy, marker in (("consistency-budget", "o"), ("consistency", "D"), ("random-matched", "s"), ("random", "^"),
+                           ("every-n", "v"), ("always", "*"), ("never", "x")):
+        sel = [r for r in rows if r["policy"] == policy]
+        if sel:
+            ax.scatter([r["request_rate"] for r in sel],
+                       [r["bytes_up_per_event"] + r["bytes_down_per_event"] for r in sel], marker=marker, label=policy)
+    ax.set_xlabel("realised request rate")
+    ax.set_ylabel("bytes on the wire per event (up + down)")
+    ax.set_title("Traffic per user event")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

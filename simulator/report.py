@@ -1,0 +1,231 @@
+"""report.md, PNG plots and the mission's bars, all from metrics.json (also for a partial run)."""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRIC = "ndcg@10"
+BAR_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
+PROTOCOL = """Protocol B (streaming replay, DESIGN.md section 4). Per user, the last S interactions form the
+live stream; everything before is the past. The SRM is trained on the past; the cloud LLM on the past
+minus its last `cloud_lag` items. At session start the device holds the N-item list the cloud generated
+from the history it last saw (past minus `cloud_lag` items) while the device knows the whole past.
+For each stream step t = 1..S, in global timestamp order over all users: (1) the device shows a top-K
+slate from its cached list minus consumed items; (2) HR/NDCG/MRR@K are taken on that slate against
+the true item; (3) the item is revealed and appended to the device history; (4) the policy decides
+whether to request a fresh list (generated from the history up to t) for the next step.
+Request rate = requests after session start / steps. A target outside the slate is a miss."""
+
+
+def _key(run: dict) -> tuple:
+    return run["policy"], run["fusion"], run.get("budget"), bool(run.get("retrain"))
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Mean (and spread for NDCG@10) over seeds of each policy x fusion x budget."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[_key(run)].append(run)
+    out = []
+    for (policy, fusion, budget, retrain), members in groups.items():
+        row = {"policy": policy, "fusion": fusion, "budget": budget, "retrain": retrain, "seeds": len(members)}
+        for name in ("hr@10", "ndcg@10", "mrr@10", "request_rate", "stale_slates", "failed_requests",
+                     "bytes_up_per_event", "bytes_down_per_event", "latency_p50_ms", "latency_p99_ms"):
+            values = [m[name] for m in members if m.get(name) is not None]
+            row[name] = float(np.mean(values)) if values else None
+        values = [m[METRIC] for m in members]
+        row["ndcg@10_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def _find(agg: list[dict], policy: str, fusion: str, budget=None) -> dict | None:
+    for row in agg:
+        if row["policy"] == policy and row["fusion"] == fusion and not row["retrain"] and (
+                budget is None or (row["budget"] is not None and math.isclose(row["budget"], budget))):
+            return row
+    return None
+
+
+def evaluate_bars(metrics: dict) -> dict:
+    """The three bars of the mission, each with its figures and met / not met (None = not measured)."""
+    agg = metrics.get("aggregate") or aggregate(metrics.get("runs", []))
+    bars = {}
+    per_budget, met = {}, True
+    for budget in BAR_BUDGETS:
+        c, r = _find(agg, "consistency-budget", "fusion", budget), _find(agg, "random-matched", "fusion", budget)
+        if c is None or r is None:
+            met = None if met is not False else met
+            continue
+        per_budget[f"{budget:.0%}"] = {"consistency": c[METRIC], "random": r[METRIC],
+                                        "rate_consistency": c["request_rate"], "rate_random": r["request_rate"]}
+        met = met and c[METRIC] > r[METRIC] if met is not None else met
+    bars["consistency_beats_chance"] = {"met": met if len(per_budget) == len(BAR_BUDGETS) else None,
+                                        "figures": per_budget}
+    fus, llm, srm = (_find(agg, "consistency-budget", f, 0.2) for f in ("fusion", "llm", "srm"))
+    dev = metrics.get("device_only")
+    if fus and llm and srm and dev:
+        figs = {"fusion": fus[METRIC], "llm_only": llm[METRIC], "srm_only": srm[METRIC], "device_only": dev[METRIC]}
+        ok = fus[METRIC] > max(llm[METRIC], srm[METRIC], dev[METRIC])
+        bars["collaboration_beats_either_side"] = {"met": ok, "figures": figs}
+    else:
+        bars["collaboration_beats_either_side"] = {"met": None, "figures": {}}
+    always = _find(agg, "always", "llm")
+    if fus and always:
+        bars["collaboration_saves_the_cloud"] = {
+            "met": fus[METRIC] >= always[METRIC],
+            "figures": {"fusion_consistency_20%": fus[METRIC], "llm_always": always[METRIC],
+                        "fusion_rate": fus["request_rate"], "llm_always_rate": always["request_rate"]}}
+    else:
+        bars["collaboration_saves_the_cloud"] = {"met": None, "figures": {}}
+    return bars
+
+
+def _fmt(value, digits=4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def results_table(agg: list[dict], device_only: dict | None) -> list[str]:
+    lines = ["| policy | fusion | budget | seeds | request rate | HR@10 | NDCG@10 (± sd) | MRR@10 | stale slates "
+             "| bytes up/ev | bytes down/ev | latency p50 ms |", "|" + "---|" * 12]
+    order = {"never": 0, "always": 1, "every-n": 2, "random": 3, "consistency": 4, "consistency-budget": 5,
+             "random-matched": 6}
+    for row in sorted(agg, key=lambda r: (r["retrain"], r["fusion"], order.get(r["policy"], 9), r["budget"] or 0)):
+        budget = "-" if row["budget"] is None else f"{row['budget']:.0%}"
+        name = row["policy"] + (" + retrain" if row["retrain"] else "")
+        lines.append(f"| {name} | {row['fusion']} | {budget} | {row['seeds']} | {_fmt(row['request_rate'], 3)} | "
+                     f"{_fmt(row['hr@10'])} | {_fmt(row['ndcg@10'])} ± {_fmt(row['ndcg@10_std'])} | "
+                     f"{_fmt(row['mrr@10'])} | {_fmt(row['stale_slates'], 1)} | {_fmt(row['bytes_up_per_event'], 1)} | "
+                     f"{_fmt(row['bytes_down_per_event'], 1)} | {_fmt(row['latency_p50_ms'], 1)} |")
+    if device_only:
+        lines.append(f"| device-only (SRM, full catalogue) | - | - | 1 | 0.000 | {_fmt(device_only['hr@10'])} | "
+                     f"{_fmt(device_only['ndcg@10'])} | {_fmt(device_only['mrr@10'])} | 0 | 0 | 0 | - |")
+    return lines
+
+
+def _bar_lines(bars: dict) -> list[str]:
+    names = {"consistency_beats_chance": "Consistency beats chance (fusion, NDCG@10 vs random at the same realised rate, "
+                                         "every budget in 5-50%)",
+             "collaboration_beats_either_side": "Collaboration beats either side (20% budget: fusion > LLM-only, "
+                                                "SRM-only and device-only)",
+             "collaboration_saves_the_cloud": "Collaboration saves the cloud (fusion + consistency at 20% >= "
+                                              "LLM-only with requests on every event)"}
+    lines = []
+    for key, text in names.items():
+        bar = bars.get(key, {"met": None, "figures": {}})
+        verdict = {True: "**MET**", False: "**NOT MET**", None: "not measured in this run"}[bar["met"]]
+        figs = ", ".join(f"{k}: " + (", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()) if isinstance(v, dict)
+                                     else _fmt(v)) for k, v in bar["figures"].items())
+        lines.append(f"- {text}: {verdict}. {figs}")
+    return lines
+
+
+def _headline(metrics: dict) -> list[dict]:
+    """The few rows a reader needs: baselines and the 20% budget, fusion first."""
+    agg = metrics.get("aggregate", [])
+    rows = []
+    for policy, fusion, budget, name in (
+            ("consistency-budget", "fusion", 0.2, "fusion + consistency requests (20% budget)"),
+            ("random-matched", "fusion", 0.2, "fusion + random requests (same rate)"),
+            ("consistency-budget", "srm", 0.2, "SRM re-rank only + consistency (20%)"),
+            ("consistency-budget", "llm", 0.2, "LLM order only + consistency (20%)"),
+            ("always", "llm", None, "LLM order only, request every event"),
+            ("always", "fusion", None, "fusion, request every event (upper bound)"),
+            ("never", "fusion", None, "fusion, never request (lower bound)")):
+        row = _find(agg, policy, fusion, budget)
+        if row:
+            rows.append({"system": name, "request_rate": row["request_rate"], "ndcg@10": row["ndcg@10"],
+                         "hr@10": row["hr@10"], "mrr@10": row["mrr@10"]})
+    dev = metrics.get("device_only")
+    if dev:
+        rows.append({"system": "device-only SRM, full catalogue (no cloud)", "request_rate": 0.0,
+                     "ndcg@10": dev["ndcg@10"], "hr@10": dev["hr@10"], "mrr@10": dev["mrr@10"]})
+    return rows
+
+
+def headline_lines(metrics: dict) -> list[str]:
+    lines = ["| system | request rate | NDCG@10 | HR@10 | MRR@10 |", "|---|---|---|---|---|"]
+    for r in _headline(metrics):
+        lines.append(f"| {r['system']} | {r['request_rate']:.3f} | {r['ndcg@10']:.4f} | {r['hr@10']:.4f} | "
+                     f"{r['mrr@10']:.4f} |")
+    return lines
+
+
+def write_report(metrics: dict, out: Path) -> Path:
+    from simulator import plots
+
+    agg = metrics.get("aggregate", [])
+    cfg = metrics.get("config", {})
+    images = []
+    for name, made in (("ndcg_vs_rate.png", lambda p: plots.ndcg_vs_rate(agg, metrics.get("device_only"), p)),
+                       ("latency_cdf.png", lambda p: plots.latency_cdf(out / "rows", _cdf_runs(metrics), p)),
+                       ("bytes_per_event.png", lambda p: plots.bytes_per_event(agg, p))):
+        if made(out / name):
+            images.append(name)
+    status = metrics.get("status")
+    lines = ["# Device-cloud collaborative recommendation: simulation report", ""]
+    if status != "complete":
+        lines += [f"**Status: {status}** — stopped during `{metrics.get('stopped_at', '?')}`; the tables below "
+                  f"hold the {len(metrics.get('runs', []))} runs that finished.", ""]
+    lines += ["## Protocol", "", PROTOCOL, "",
+              f"Here: {metrics.get('users')} users, S = {metrics.get('stream_length')}, N = "
+              f"{metrics.get('num_candidates')}, K = {metrics.get('slate_size')}, cloud_lag = {metrics.get('cloud_lag')}, "
+              f"seeds {metrics.get('seeds')}; cloud generator `{metrics.get('generator')}`, device SRM "
+              f"`{metrics.get('srm')}`; cloud calls {metrics.get('mode')} ({metrics.get('backend')} backend). "
+              f"Fusion: alpha = {cfg.get('alpha')} x LLM rank (-(j+1)/N) + (1 - alpha) x (SRM {cfg.get('srm_norm')} - 0.5). "
+              "Consistency-under-budget: threshold on the footrule inconsistency D + (4 + 0.3 Z)^2, calibrated per "
+              "budget by a replay of each user's S interactions before the stream (no stream event is used). "
+              "'random-matched' requests at random at the realised rate of the consistency run with the same "
+              "budget, fusion and seed.", "",
+              "## The bars", ""] + _bar_lines(metrics.get("bars", {})) + ["",
+              "## Headline (mean over seeds)", ""] + headline_lines(metrics) + ["",
+              "## All results", ""] + results_table(agg, metrics.get("device_only")) + [""]
+    net = cfg.get("network", {})
+    lines += ["## Network and freshness", "",
+              f"Modelled link: median RTT {net.get('latency_ms')} ms (lognormal sigma {net.get('latency_sigma')}), "
+              f"{net.get('bandwidth_mbps')} Mbit/s, loss {net.get('loss')}, outages {net.get('outages')} (fractions of "
+              f"the replay's time span), delivery '{net.get('deliver')}'. A stale slate is one shown while the "
+              "device's last request failed (lost, outage, timeout) or is still in flight; the device keeps "
+              "serving its cached list.", ""]
+    lines += ["## How the replay runs", "",
+              "Each user is a real `device.session.DeviceSession` (driven mode) holding the exported SRM through "
+              "the device runtime. Without re-training users are independent, so the engine replays the t-th "
+              "event of every user, then sends all requests of that round in one batch (in-process: one batched "
+              "`generate`; gRPC: concurrent calls that the server micro-batches); a test proves this gives the "
+              "rows of the strict event-by-event global time order. In-process runs memoise the cloud's list per "
+              "history and the SRM's catalogue scores per history (candidates are scored independently; checked "
+              "against direct scoring at start-up), so the grid's runs share that work; gRPC runs call the "
+              "server for every request. Re-training runs go event by event on the global clock.", ""]
+    if metrics.get("calibration"):
+        lines += ["## Calibration", "", "| budget | threshold | rate on the calibration replay |", "|---|---|---|"]
+        lines += [f"| {float(b):.0%} | {v['threshold']:.3f} | {v['calibration_rate']:.3f} |"
+                  for b, v in metrics["calibration"].items()] + [""]
+    updates = [r for r in metrics.get("runs", []) if r.get("retrain")]
+    if updates:
+        lines += ["## Adaptive re-training", ""]
+        for r in updates:
+            base = _find(agg, r["policy"], r["fusion"], r.get("budget"))
+            lines.append(f"- {r['id']}: NDCG@10 {r['ndcg@10']:.4f} with re-training vs "
+                         f"{_fmt(base['ndcg@10'] if base else None)} without; {len(r.get('model_updates', []))} model "
+                         f"versions pushed ({sum(u['download_bytes'] for u in r.get('model_updates', []))} bytes to devices).")
+        lines.append("")
+    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + ["",
+              f"Wall time: {metrics.get('wall_s', 0):.1f} s. Per-step rows: `rows/<run>.csv`; every figure: "
+              "`metrics.json`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _cdf_runs(metrics: dict) -> list[str]:
+    ids = [r["id"] for r in metrics.get("runs", []) if r["fusion"] == "fusion" and r["seed"] == metrics["seeds"][0]
+           and r["policy"] in ("consistency-budget", "always") and r.get("budget") in (None, 0.2)]
+    return ids[:3]

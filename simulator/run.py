@@ -1,0 +1,188 @@
+"""`lsc4rec simulate`: run a preset's grid, write rows, metrics.json and report.md (Ctrl-C keeps what finished)."""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simulator.config import SimConfig
+from simulator.engine import ROW_FIELDS, RunResult
+from simulator.experiments import (World, calibrate, config_record, device_only, load_world, plan, policy_for,
+                                   run_one, write_json)
+
+
+def write_rows(path: Path, result: RunResult) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ROW_FIELDS)
+        columns = [result.rows[f] for f in ROW_FIELDS]
+        for values in zip(*columns):
+            writer.writerow([f"{v:.4f}" if isinstance(v, (float, np.floating)) else v for v in values])
+    tmp.replace(path)
+
+
+def simulate(config: SimConfig, out: Path, progress: bool = True, world: World | None = None) -> dict:
+    """Run the whole grid; metrics.json is rewritten after every run so an interruption loses little."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows").mkdir(exist_ok=True)
+    write_json(out / "config.json", config_record(config))
+    began = time.perf_counter()
+    server = None
+    if world is None:
+        world, server = open_world(config)
+    metrics = {"status": "running", "config": config_record(config), "runs": [], "protocol": "B",
+               "users": int(len(world.streams.users)), "seeds": list(config.seeds),
+               "stream_length": config.stream_length, "num_candidates": config.num_candidates,
+               "slate_size": config.slate_size, "cloud_lag": config.cloud_lag, "mode": config.mode,
+               "backend": config.backend, "generator": getattr(world.generator, "version", config.llm or "grpc"),
+               "srm": world.scorer.version}
+    current = "setup"
+    try:
+        runs = plan(config)
+        if config.mode == "inprocess":
+            current = "warm-up"
+            from simulator.experiments import warm
+
+            warm(world, progress=progress)
+        thresholds = {}
+        if any(r["policy"] == "consistency-budget" for r in runs):
+            current = "calibration"
+            thresholds = calibrate(world, config.budgets, progress)
+        metrics["calibration"] = {str(k): v for k, v in thresholds.items()}
+        if config.device_only:
+            current = "device-only"
+            metrics["device_only"] = device_only(world)
+        write_json(out / "metrics.json", metrics)
+        runs += retrain_runs(config)
+        done: dict[str, dict] = {}
+        initial = None if config.mode == "grpc" else _initial(world)
+        for number, run in enumerate(runs, start=1):
+            current = run["id"]
+            policy = policy_for(run, config, thresholds, done)
+            if progress:
+                print(f"[{number}/{len(runs)}] {run['id']} ({policy.label()})", file=sys.stderr)
+            result = execute(world, config, run, policy, initial, progress)
+            summary = {**run, "label": policy.label(), "threshold": policy.threshold
+                       if policy.name == "consistency" else None, **result.summary}
+            done[run["id"]] = summary
+            metrics["runs"].append(summary)
+            if config.write_rows:
+                write_rows(out / "rows" / f"{run['id']}.csv", result)
+            write_json(out / "metrics.json", metrics)
+        metrics["status"] = "complete"
+    except KeyboardInterrupt:
+        metrics["status"] = "interrupted"
+        metrics["stopped_at"] = current
+        print(f"interrupted during {current}; {len(metrics['runs'])} finished runs are in {out / 'metrics.json'}",
+              file=sys.stderr)
+        raise
+    finally:
+        metrics["wall_s"] = time.perf_counter() - began
+        finish(metrics, out)
+        if server is not None:
+            server.stop()
+    return metrics
+
+
+def finish(metrics: dict, out: Path) -> None:
+    from simulator.report import aggregate, evaluate_bars, write_report
+
+    metrics["aggregate"] = aggregate(metrics.get("runs", []))
+    metrics["bars"] = evaluate_bars(metrics)
+    write_json(out / "metrics.json", metrics)
+    write_report(metrics, out)
+
+
+def _initial(world: World):
+    from simulator.experiments import make_replay
+
+    return make_replay(world, progress=False).initial_lists()
+
+
+def execute(world: World, config: SimConfig, run: dict, policy, initial, progress: bool) -> RunResult:
+    if config.backend == "ray":
+        from simulator.ray_backend import run_sharded
+
+        return run_sharded(world, config, run, policy)
+    retrain = None
+    if run.get("retrain"):
+        from simulator.retrain import make_retrainer
+
+        retrain = (config.retrain.every, make_retrainer(world, config))
+    return run_one(world, run, policy, initial, retrain=retrain, progress=progress)
+
+
+def retrain_runs(config: SimConfig) -> list[dict]:
+    """With adaptive re-training on: the headline runs again, with the model refreshed on schedule."""
+    if not config.retrain.every:
+        return []
+    budget = 0.2 if 0.2 in config.budgets else config.budgets[0]
+    policy = "consistency-budget" if "consistency-budget" in config.policies else "never"
+    out = []
+    for fusion in [f for f in ("fusion", "srm") if f in config.fusions]:
+        tag = f"-b{round(budget * 100):02d}" if policy != "never" else ""
+        out.append({"policy": policy, "fusion": fusion, "seed": config.seeds[0],
+                    "budget": budget if policy != "never" else None, "retrain": True,
+                    "id": f"{policy}-{fusion}{tag}-s{config.seeds[0]}-retrain"})
+    return out
+
+
+def open_world(config: SimConfig):
+    """Load the world; in grpc mode, start (or connect to) the cloud server and call it for real."""
+    if config.mode != "grpc":
+        return load_world(config), None
+    from shared.data.dataset import load_dataset
+    from simulator.cloud_link import GrpcSource
+    from simulator.server_proc import ServerProcess
+
+    dataset = load_dataset(Path(config.data))
+    server = None
+    address = config.server
+    if not address:
+        server = ServerProcess(config.llm, dataset_dir=config.data).start()
+        address = server.address
+    source = GrpcSource(address, dataset.num_items, config.grpc_concurrency)
+    world = load_world(config, source=source, dataset=dataset)
+    world.generator = _Named(address)
+    return world, _Closer(source, server)
+
+
+class _Named:
+    def __init__(self, address):
+        self.version = f"grpc://{address}"
+
+
+class _Closer:
+    def __init__(self, source, server):
+        self.source, self.server = source, server
+
+    def stop(self):
+        self.source.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def main(args) -> int:
+    """CLI entry of `lsc4rec simulate`."""
+    from shared.cli import emit
+    from simulator.config import load_sim_config
+    from simulator.report import _headline
+
+    overrides = list(args.overrides)
+    for key, value in (("backend", args.backend), ("mode", args.mode), ("ray_address", args.ray_address)):
+        if value:
+            overrides.append(f'{key}="{value}"')
+    config = load_sim_config(args.preset, overrides)
+    metrics = simulate(config, Path(args.out), progress=not args.quiet)
+    figures = {"protocol": "B", "users": metrics["users"], "seed": list(config.seeds),
+               "wall_s": round(metrics["wall_s"], 2), "report": str(Path(args.out) / "report.md")}
+    for row in _headline(metrics):
+        figures[f"{row['system']}: ndcg@10"] = round(row["ndcg@10"], 4)
+        figures[f"{row['system']}: request_rate"] = round(row["request_rate"], 4)
+    figures.update({f"bar {k}": v["met"] for k, v in metrics["bars"].items()})
+    emit(figures, args.json, title=f"simulation ({config.mode}, {metrics['users']} users)")
+    return 0

@@ -1,0 +1,67 @@
+"""Presets: unknown keys and impossible values are refused before any work, naming key and value."""
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from simulator.config import load_sim_config
+from simulator.experiments import load_world
+from tests.simulator.conftest import small_overrides
+
+
+@pytest.mark.parametrize("override, key", [
+    ("budgets=[-0.1]", "budgets"),
+    ("budgets=[1.5]", "budgets"),
+    ("slate_size=60", "slate_size"),  # K > N
+    ("policies=['sometimes']", "policies"),
+    ("fusions=['mean']", "fusions"),
+    ("network.loss=1.5", "network.loss"),
+    ("network.outages=[[0.6, 0.2]]", "network.outages"),
+    ("retrain.every=-1", "retrain.every"),
+    ("no_such_key=1", "no_such_key"),
+    ("network.jitter=3", "network.jitter"),
+])
+def test_bad_values_are_refused_naming_key_and_value(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_sim_config(None, [override])
+    assert info.value.key == key
+    assert override.split("=", 1)[1].strip("[]'").split(",")[0] in str(info.value)
+
+
+def test_every_shipped_preset_loads():
+    for name in ("ml100k", "quick", "outage", "retrain", "demo"):
+        load_sim_config(name)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="quick"):
+        load_sim_config("no-such-preset")
+
+
+def test_stream_longer_than_histories_is_refused_before_loading_models(tiny_dir):
+    config = load_sim_config(None, small_overrides(tiny_dir, "stream_length=40", 'llm="/nonexistent"'))
+    with pytest.raises(ConfigError) as info:
+        load_world(config)  # the data check comes first: the missing LLM folder is never touched
+    assert info.value.key == "stream_length" and info.value.value == 40
+
+
+def test_too_many_candidates_for_the_catalogue_is_refused(tiny_dir):
+    config = load_sim_config(None, small_overrides(tiny_dir, "num_candidates=50", "slate_size=5"))
+    with pytest.raises(ConfigError) as info:
+        load_world(config)
+    assert info.value.key == "num_candidates"
+
+
+def test_ray_backend_without_ray_is_a_clear_error(tiny_dir, tmp_path):
+    pytest.importorskip("device.session")
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed")
+    except ImportError:
+        pass
+    from simulator.run import simulate
+
+    config = load_sim_config(None, small_overrides(tiny_dir, "backend='ray'", "policies=['never']", "fusions=['llm']",
+                                                   "device_only=false"))
+    with pytest.raises(ConfigError, match="pip install"):
+        simulate(config, tmp_path / "out", progress=False)
