@@ -1,0 +1,60 @@
+"""Save and load a trained cloud LM folder: HF model + item index + resolved config + metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from cloud.llm.semantic_ids import ItemIndex
+from shared.errors import ManifestError
+from shared.records import Item
+
+MODEL_DIR = "model"
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.json"
+
+
+def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict):
+    """Write `out/model` (save_pretrained), `out/item_index.json`, `out/config.json`, `out/metrics.json`."""
+    from cloud.llm.generate import LLMGenerator
+    from shared.config import to_dict
+    from shared.manifest import new_version, sha256_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out / MODEL_DIR)
+    index.save(out)
+    weights = sorted((out / MODEL_DIR).glob("*.safetensors"))
+    version = new_version(sha256_file(weights[0]) if weights else "0" * 64)
+    resolved = {"version": version, "vocab_hash": index.catalog_hash, "num_items": index.num_items,
+                **to_dict(config)}
+    (out / CONFIG_NAME).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return LLMGenerator(model, index, config.model.max_history, version=version)
+
+
+def catalog_items(dataset_or_catalog) -> Sequence[Item]:
+    """The catalogue's items from a Dataset or a sequence of Item."""
+    items = getattr(dataset_or_catalog, "items", dataset_or_catalog)
+    return tuple(items)
+
+
+def load_generator(folder: str | Path, dataset_or_catalog, beam_width: int = 0, batch_size: int = 64,
+                   threads: int | None = None):
+    """An LLMGenerator from a trained folder; CatalogMismatchError if its index is for another catalogue."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cloud.llm.generate import LLMGenerator
+
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        raise ManifestError(f"{folder}: no {CONFIG_NAME}; not a folder written by `lsc4rec train llm`")
+    index = ItemIndex.load(folder)
+    index.check_catalog(catalog_items(dataset_or_catalog), f"{folder}/item_index.json")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(folder / MODEL_DIR, local_files_only=True)
+    return LLMGenerator(model, index, config["model"]["max_history"], version=config["version"],
+                        beam_width=beam_width, batch_size=batch_size)

@@ -1,0 +1,221 @@
+"""Train the cloud LM on a protocol's cloud split: next-item generation over sliding windows of history."""
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cloud.llm.model import ModelConfig, build_model, count_parameters, preset_defaults
+from cloud.llm.semantic_ids import BOS, PAD, ItemIndex, TokenizerConfig, build_index
+from shared.config import _parse_value, _set_dotted, check, from_dict
+from shared.data.dataset import Dataset
+from shared.data.splits import TrainSplit, loo_split, stream_split
+from shared.errors import ConfigError
+
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and data settings of one training run."""
+
+    protocol: str = "stream"  # stream: protocol B's cloud split (default); loo: protocol A's training split
+    stream_length: int = 10
+    cloud_lag: int = 3
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    embedding_dropout: float = 0.2
+    window_stride: int = 0  # items between window ends; 0 = max_history (non-overlapping windows)
+    patience: int = 6  # epochs without a better validation NDCG@10 before stopping
+    valid_users: int = 0  # 0 = all validation users
+    grad_clip: float = 1.0
+    threads: int = 1  # 1 is faster than 2 when the 2 cores are shared
+    max_minutes: float = 0.0  # stop after the epoch that passes this wall time (0 = no limit); best epoch kept
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.protocol in ("stream", "loo"), "train.protocol", self.protocol, "must be stream or loo")
+        check(self.epochs >= 1, "train.epochs", self.epochs, "must be at least 1")
+        check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be at least 1")
+        check(self.lr > 0, "train.lr", self.lr, "must be positive")
+        check(0.0 <= self.embedding_dropout < 1.0, "train.embedding_dropout", self.embedding_dropout, "must be in [0, 1)")
+        check(self.window_stride >= 0, "train.window_stride", self.window_stride, "must be 0 or more")
+        check(self.patience >= 1, "train.patience", self.patience, "must be at least 1")
+        check(self.threads >= 1, "train.threads", self.threads, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Everything that makes one cloud LM: tokenizer, architecture, training."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_llm_config(preset: str | None = None, path: str | Path | None = None,
+                    overrides: Sequence[str] = ()) -> LLMConfig:
+    """Defaults < preset < TOML file < `key=value` overrides; a given `preset` names the preset over the file's."""
+    values: dict = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(str(path), "-", f"cannot read TOML: {exc}") from None
+    model = values.setdefault("model", {})
+    model["preset"] = preset or model.get("preset", "compact")
+    for key, value in preset_defaults(model["preset"]).items():
+        model.setdefault(key, value)
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise ConfigError(text, None, "an override must look like key=value")
+        _set_dotted(values, key.strip(), _parse_value(raw.strip()))
+    return from_dict(LLMConfig, values)
+
+
+def cloud_split(dataset: Dataset, config: TrainConfig) -> TrainSplit:
+    """The split the cloud may learn from: protocol B's cloud_train() (never a stream item) or protocol A's."""
+    if config.protocol == "loo":
+        return loo_split(dataset)
+    return stream_split(dataset, config.stream_length, config.cloud_lag).cloud_train()
+
+
+def windows(sequences: Sequence[np.ndarray], max_history: int, stride: int) -> list[np.ndarray]:
+    """Item windows of up to max_history + 1 items, taken from each sequence's end backwards."""
+    out = []
+    for seq in sequences:
+        end = len(seq)
+        while end >= 2:
+            out.append(np.asarray(seq[max(0, end - max_history - 1):end], dtype=np.int64))
+            if end - max_history - 1 <= 0:
+                break
+            end -= stride
+    return out
+
+
+def batch_tensors(batch: Sequence[np.ndarray], index: ItemIndex):
+    """Right-padded inputs (B, T), targets (B, T) with -100 on padding, and each target's code level (B, T)."""
+    import torch
+
+    rows = [np.concatenate([[BOS], index.tokens(w)]) for w in batch]
+    width = max(len(r) for r in rows) - 1
+    inputs = np.full((len(rows), width), PAD, dtype=np.int64)
+    targets = np.full((len(rows), width), -100, dtype=np.int64)
+    for b, r in enumerate(rows):
+        inputs[b, : len(r) - 1] = r[:-1]
+        targets[b, : len(r) - 1] = r[1:]
+    levels = np.arange(width) % index.depth
+    return torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(np.broadcast_to(levels, inputs.shape).copy())
+
+
+def level_bias(index: ItemIndex):
+    """(D, V) additive mask: a target at code level l is only compared with level l's tokens."""
+    import torch
+
+    bias = torch.full((index.depth, index.vocab_size), float("-inf"))
+    for level, (off, size) in enumerate(zip(index.offsets, index.sizes)):
+        bias[level, off:off + size] = 0.0
+    return bias
+
+
+def batch_loss(model, inputs, targets, levels, bias, dropout: float):
+    """Mean cross-entropy of every item token given everything before it (restricted to its level)."""
+    import torch
+
+    mask = (inputs != PAD) | (torch.arange(inputs.shape[1]) == 0)  # BOS is token 1, position 0 always real
+    embeds = torch.nn.functional.dropout(model.get_input_embeddings()(inputs), dropout, model.training)
+    logits = model(inputs_embeds=embeds, attention_mask=mask.long()).logits  # (B, T, V)
+    logits = logits.float()
+    if bias.shape[0] > 1:  # atomic codes have one level: only the 3 specials would be masked, skip the (B, T, V) add
+        logits = logits + bias[levels]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=-100)
+
+
+def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
+          embeddings: np.ndarray | None = None, progress: bool = True):
+    """Train one model with validation-based early stopping; returns (LLMGenerator, metrics). Saves to `out` if given."""
+    import torch
+    from tqdm import tqdm
+
+    from cloud.llm.evaluate import evaluate_examples
+    from cloud.llm.generate import LLMGenerator
+
+    tc, mc = config.train, config.model
+    torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    started = time.perf_counter()
+    split = cloud_split(dataset, tc)
+    index = build_index(dataset.items, config.tokenizer, embeddings, cache_dir=out)
+    model = build_model(mc, index.vocab_size, index.depth, tc.seed)
+    generator = LLMGenerator(model, index, mc.max_history)
+    data = windows(split.train, mc.max_history, tc.window_stride or mc.max_history)
+    valid = _subsample(split.valid, tc.valid_users, rng)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    bias = level_bias(index)
+    best, best_state, history, stale = -1.0, None, [], 0
+    bar = tqdm(range(tc.epochs), desc="train llm", disable=not progress, file=None)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for start in range(0, len(data), tc.batch_size):
+            order = rng.permutation(len(data)) if start == 0 else order
+            batch = [data[i] for i in order[start:start + tc.batch_size]]
+            loss = batch_loss(model, *batch_tensors(batch, index), bias, tc.embedding_dropout)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        figures = evaluate_examples(generator, valid, n=50, ks=(10, 50))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "valid_ndcg@10": figures["ndcg@10"],
+                        "valid_recall@50": figures["recall@50"]})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", ndcg10=f"{figures['ndcg@10']:.4f}")
+        if figures["ndcg@10"] > best:
+            best, stale = figures["ndcg@10"], 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= tc.patience:
+                break
+        if tc.max_minutes and time.perf_counter() - started > 60 * tc.max_minutes:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    best_epoch = max(history, key=lambda h: h["valid_ndcg@10"])
+    metrics = {"best_epoch": best_epoch["epoch"], "valid_ndcg@10": best_epoch["valid_ndcg@10"],
+               "valid_recall@50": best_epoch["valid_recall@50"], "epochs_run": len(history),
+               "train_seconds": time.perf_counter() - started, "parameters": count_parameters(model),
+               "windows": len(data), "valid_users": len(valid), "protocol": tc.protocol,
+               "stopped_by": _stop_reason(history, tc), "vocab_size": index.vocab_size, "code_depth": index.depth, "history": history}
+    if out is not None:
+        from cloud.llm.store import save_run
+
+        generator = save_run(out, model, index, config, metrics)
+    return generator, metrics
+
+
+def _subsample(examples, limit: int, rng: np.random.Generator):
+    """At most `limit` validation examples (0 = all), chosen with the run's seed."""
+    from shared.data.splits import Examples
+
+    if not limit or len(examples) <= limit:
+        return examples
+    keep = np.sort(rng.choice(len(examples), limit, replace=False))
+    return Examples(examples.users[keep], tuple(examples.histories[i] for i in keep), examples.targets[keep])
+
+
+def _stop_reason(history: list[dict], config: TrainConfig) -> str:
+    """Why training ended: patience, the epoch cap, or the time budget."""
+    best = max(range(len(history)), key=lambda i: history[i]["valid_ndcg@10"])
+    if len(history) - 1 - best >= config.patience:
+        return "patience"
+    return "epochs" if len(history) >= config.epochs else "max_minutes"
