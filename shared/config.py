@@ -17,19 +17,28 @@ T = TypeVar("T")
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 section: str | None = None) -> T:
     """Build `cls` from its defaults, then a TOML file (optionally one table of it), then `key=value` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(str(path), "-", f"cannot read TOML: {exc}") from None
-        values = data.get(section, {}) if section else data
-    for text in overrides or []:
+    values = read_toml(path) if path is not None else {}
+    if section:
+        values = values.get(section, {})
+    return from_dict(cls, apply_overrides(values, overrides or []))
+
+
+def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict; an unreadable file is a ConfigError naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(str(path), "-", f"cannot read TOML: {exc}") from None
+
+
+def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply `a.b=value` overrides (TOML values; a bare word is a string) to `values` in place."""
+    for text in overrides:
         key, sep, raw = text.partition("=")
         if not sep:
             raise ConfigError(text, None, "an override must look like key=value")
         _set_dotted(values, key.strip(), _parse_value(raw.strip()))
-    return from_dict(cls, values)
+    return values
 
 
 def _parse_value(raw: str) -> Any:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -11,10 +10,9 @@ import numpy as np
 
 from cloud.llm.model import ModelConfig, build_model, count_parameters, preset_defaults
 from cloud.llm.semantic_ids import BOS, PAD, ItemIndex, TokenizerConfig, build_index
-from shared.config import _parse_value, _set_dotted, check, from_dict
+from shared.config import apply_overrides, check, from_dict, read_toml
 from shared.data.dataset import Dataset
 from shared.data.splits import TrainSplit, loo_split, stream_split
-from shared.errors import ConfigError
 
 
 
@@ -61,21 +59,12 @@ class LLMConfig:
 def load_llm_config(preset: str | None = None, path: str | Path | None = None,
                     overrides: Sequence[str] = ()) -> LLMConfig:
     """Defaults < preset < TOML file < `key=value` overrides; a given `preset` names the preset over the file's."""
-    values: dict = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(str(path), "-", f"cannot read TOML: {exc}") from None
+    values = read_toml(path) if path is not None else {}
     model = values.setdefault("model", {})
     model["preset"] = preset or model.get("preset", "compact")
     for key, value in preset_defaults(model["preset"]).items():
         model.setdefault(key, value)
-    for text in overrides:
-        key, sep, raw = text.partition("=")
-        if not sep:
-            raise ConfigError(text, None, "an override must look like key=value")
-        _set_dotted(values, key.strip(), _parse_value(raw.strip()))
+    apply_overrides(values, list(overrides))
     return from_dict(LLMConfig, values)
 
 
