@@ -29,6 +29,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                        help="file holding the bearer token every call must carry (health checks exempt)")
     serve.add_argument("--tls-cert", type=Path, default=None, help="server certificate chain (PEM); needs --tls-key")
     serve.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM); needs --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, default=None,
+                       help="CA certificate (PEM) that client certificates must be signed by: turns on mutual TLS")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="expose Prometheus /metrics on 127.0.0.1:PORT (0 = any free port)")
     serve.add_argument("--port-file", type=Path, default=None,
@@ -95,7 +97,8 @@ def serve_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server, port = create_server(config, None, args.models, address=args.address, token=token,
-                                 tls=_tls(args), metrics_port=args.metrics_port)
+                                 tls=_tls(args), metrics_port=args.metrics_port,
+                                 tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None)
     try:
         if not stop.is_set():
             server.set_generator(_load_generator(args, config.generator_threads))

@@ -184,7 +184,8 @@ class CloudServer:
     """A started grpc server plus its health, metrics and generator slot."""
 
     def __init__(self, config: ServerConfig, models_dir: str | Path | None, address: str,
-                 token: str | None = None, tls: tuple[bytes, bytes] | None = None):
+                 token: str | None = None, tls: tuple[bytes, bytes] | None = None,
+                 tls_client_ca: bytes | None = None):
         self.config = config
         self.metrics = ServerMetrics()
         self.registry = ModelRegistry(models_dir)
@@ -209,17 +210,20 @@ class CloudServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
-        self.port = self._bind(address, tls)
+        self.port = self._bind(address, tls, tls_client_ca)
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
         self.metrics.bind(self._queue_depth, lambda: self.candidates.in_flight)
         self.draining = False
 
-    def _bind(self, address: str, tls: tuple[bytes, bytes] | None) -> int:
+    def _bind(self, address: str, tls: tuple[bytes, bytes] | None, client_ca: bytes | None) -> int:
         try:
             if tls is None:
                 port = self.grpc.add_insecure_port(address)
             else:
-                port = self.grpc.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+                # With a client CA, mutual TLS: a client must present a certificate signed by it.
+                creds = grpc.ssl_server_credentials([tls], root_certificates=client_ca,
+                                                    require_client_auth=client_ca is not None)
+                port = self.grpc.add_secure_port(address, creds)
         except RuntimeError as exc:
             raise ConfigError("address", address, f"cannot bind: {exc}") from None
         if not port:
@@ -277,13 +281,17 @@ def _warm_up(generator: CandidateGenerator) -> None:
 def create_server(config: ServerConfig, generator: CandidateGenerator | None = None,
                   models_dir: str | Path | None = None, *, address: str | None = None,
                   token: str | None = None, tls: tuple[bytes, bytes] | None = None,
-                  metrics_port: int | None = None) -> tuple[CloudServer, int]:
+                  tls_client_ca: bytes | None = None, metrics_port: int | None = None) -> tuple[CloudServer, int]:
     """Build and start the server; returns it and its bound port (address port 0 picks a free one).
 
     Without a generator it answers UNAVAILABLE (health NOT_SERVING) until `set_generator` is called.
-    `tls` is (private key PEM, certificate chain PEM). `metrics_port` exposes /metrics on 127.0.0.1.
+    `tls` is (private key PEM, certificate chain PEM); `tls_client_ca` (PEM) turns on mutual TLS.
+    `metrics_port` exposes /metrics on 127.0.0.1.
     """
-    server = CloudServer(config, models_dir, address or config.address, token=token, tls=tls)
+    if tls_client_ca is not None and tls is None:
+        raise ConfigError("tls_client_ca", "<pem>", "mutual TLS needs the server's own key and certificate")
+    server = CloudServer(config, models_dir, address or config.address, token=token, tls=tls,
+                         tls_client_ca=tls_client_ca)
     if metrics_port is not None:
         server.metrics_port = server.metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", server.metrics_port)

@@ -36,6 +36,8 @@ class ClientConfig:
     max_message_bytes: int = 4 << 20
     token: str = ""  # bearer token ("" = none)
     tls_ca_file: str = ""  # PEM root certificate; "" = plaintext
+    tls_cert_file: str = ""  # PEM client certificate, for servers that demand mutual TLS
+    tls_key_file: str = ""  # PEM private key of tls_cert_file
     tls_server_name: str = ""  # override of the TLS target name (tests with a self-signed cert)
     # gRPC's default reconnect backoff grows to 120 s, so a device would stay away long after the cloud is
     # back; cap it so recovery after an outage takes about a second.
@@ -47,6 +49,8 @@ class ClientConfig:
     def __post_init__(self):
         check(self.timeout_s > 0, "timeout_s", self.timeout_s, "must be > 0")
         check(self.download_timeout_s > 0, "download_timeout_s", self.download_timeout_s, "must be > 0")
+        check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_cert_file", self.tls_cert_file,
+              "give tls_cert_file and tls_key_file together")
         check(1 <= self.max_attempts <= 10, "max_attempts", self.max_attempts, "must be in 1..10")
         check(0 <= self.backoff_initial_s <= self.backoff_max_s, "backoff_initial_s", self.backoff_initial_s,
               "must be in 0..backoff_max_s")
@@ -256,5 +260,9 @@ def _make_channel(config: ClientConfig) -> grpc.Channel:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     if not config.tls_ca_file:
         return grpc.insecure_channel(config.address, options=options)
-    creds = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca_file).read_bytes())
+    identity = {}
+    if config.tls_cert_file:
+        identity = {"certificate_chain": Path(config.tls_cert_file).read_bytes(),
+                    "private_key": Path(config.tls_key_file).read_bytes()}
+    creds = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca_file).read_bytes(), **identity)
     return grpc.secure_channel(config.address, creds, options=options)

@@ -203,19 +203,19 @@ def test_tls_device_client_verifies_the_server(tmp_path):
         server.stop(0)
 
 
-@pytest.mark.xfail(strict=True, reason="mutual TLS is not supported: cloud.server.create_server takes only (key, cert) "
-                   "(no client CA / require_client_auth) and device.client.ClientConfig has no client certificate")
-def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path):
+def test_mutual_tls_refuses_a_client_without_a_certificate_and_admits_one_with(tmp_path):
     certs = _certificates(tmp_path)
     tls = (certs["server_key"].read_bytes(), certs["server_cert"].read_bytes())
     server, port = create_server(ServerConfig(address="127.0.0.1:0", grace_s=0.0), DelayGenerator(),
-                                 address="127.0.0.1:0", tls=tls)
-    try:  # the server was given no way to demand a client certificate: a certificate-less client gets in
-        config = ClientConfig(address=f"localhost:{port}", tls_ca_file=str(certs["ca_cert"]), timeout_s=5,
-                              max_attempts=1)
-        with CloudClient(config, NUM_ITEMS) as client:
+                                 address="127.0.0.1:0", tls=tls, tls_client_ca=certs["ca_cert"].read_bytes())
+    base = dict(address=f"localhost:{port}", tls_ca_file=str(certs["ca_cert"]), timeout_s=5, max_attempts=1)
+    try:
+        with CloudClient(ClientConfig(**base), NUM_ITEMS) as client:
             with pytest.raises(CloudUnavailableError):
                 client.get_candidates(CandidateRequest("u", (1, 2), 3))
+        signed = ClientConfig(**base, tls_cert_file=str(certs["client_cert"]), tls_key_file=str(certs["client_key"]))
+        with CloudClient(signed, NUM_ITEMS) as client:
+            assert len(client.get_candidates(CandidateRequest("u", (1, 2), 3)).candidates) == 3
     finally:
         server.stop(0)
 
