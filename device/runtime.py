@@ -212,8 +212,31 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
     check_manifest_shape(manifest)
     manifest, path = verify_artifact(folder, manifest)
     if manifest.format == ModelFormat.ONNX:
-        return OnnxReranker(path, manifest, threads=threads)
-    return ExecuTorchReranker(path, manifest)
+        reranker: Reranker = OnnxReranker(path, manifest, threads=threads)
+    else:
+        reranker = ExecuTorchReranker(path, manifest)
+    check_golden(reranker, path)
+    return reranker
+
+
+GOLDEN_TOLERANCE = 1e-4  # absolute, on logits: the golden scores are the artifact's own, so only kernels differ
+
+
+def check_golden(reranker: Reranker, path: Path) -> None:
+    """The manifest's golden example must score as recorded: catches a re-signed artifact with other weights."""
+    golden = reranker.manifest.golden
+    if golden is None:
+        return
+    hist = np.asarray([golden.history], dtype=np.int64)
+    cand = np.asarray([golden.candidates], dtype=np.int64)
+    try:
+        got = reranker.score(hist, cand)[0]
+    except LSC4RecError as exc:
+        raise ManifestError(f"{path}: the golden example cannot be scored ({exc})") from None
+    gap = float(np.max(np.abs(got - np.asarray(golden.scores, dtype=np.float32))))
+    if not gap <= GOLDEN_TOLERANCE:
+        raise ManifestError(f"{path}: scores differ from the manifest's golden example by {gap:.3g} "
+                            f"(tolerance {GOLDEN_TOLERANCE}); the artifact is not the one that was exported")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """The CandidateGenerator protocol (what the cloud serves) and a popularity stand-in."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from shared.errors import InvalidArgumentError
+from shared.errors import ConfigError, InvalidArgumentError
 from shared.records import Candidate
 from shared.wire import check_items
 
@@ -75,3 +75,26 @@ class PopularityGenerator:
             picked = [int(i) for i in self._order if int(i) not in blocked][:n] if blocked else self._order[:n]
             out.append([Candidate(int(i), float(self._scores[int(i) - 1])) for i in picked])
         return out
+
+
+# Loaders for generator specs "SCHEME:ARG" (e.g. "llm:runs/llm"). Packages that may not import each
+# other meet here: the composition root (simulator.cli) registers the cloud LLM loader, and offline
+# device jobs (cooperative training) resolve a spec without importing `cloud` themselves.
+_LOADERS: dict[str, Callable[[str, Any], CandidateGenerator]] = {}
+
+
+def register_loader(scheme: str, loader: Callable[[str, Any], CandidateGenerator]) -> None:
+    """`loader(arg, dataset)` builds the generator named by "scheme:arg"."""
+    _LOADERS[scheme] = loader
+
+
+def generator_from_spec(spec: str, dataset, train_sequences: Sequence[np.ndarray] | None = None) -> CandidateGenerator:
+    """'popularity' (counts over `train_sequences`, default all) or 'SCHEME:ARG' through a registered loader."""
+    if spec == "popularity":
+        seqs = train_sequences if train_sequences is not None else dataset.sequences()
+        return PopularityGenerator.from_sequences(seqs, dataset.num_items)
+    scheme, sep, arg = spec.partition(":")
+    if not sep or scheme not in _LOADERS:
+        known = ", ".join(["popularity", *(f"{s}:ARG" for s in sorted(_LOADERS))])
+        raise ConfigError("generator", spec, f"unknown generator (known: {known})")
+    return _LOADERS[scheme](arg, dataset)

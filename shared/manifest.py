@@ -4,11 +4,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
 from shared.errors import ManifestError
-from shared.records import ModelFormat, ModelManifest, TensorSpec
+from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -36,7 +37,7 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: expected a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(ModelManifest)}
-    missing = sorted(n for n in names if n not in data and n != "metrics")
+    missing = sorted(n for n in names if n not in data and n not in ("metrics", "golden"))
     if missing:
         raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
     unknown = sorted(set(data) - names)
@@ -83,7 +84,22 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
         vocab_hash=check("vocab_hash", str),
         created_at=check("created_at", str),
         metrics={str(k): float(v) for k, v in metrics.items()},
+        golden=_golden(data.get("golden"), data["history_length"], source),
     )
+
+
+def _golden(raw, history_length: int, source: str) -> GoldenExample | None:
+    if raw is None:
+        return None
+    fields = ("history", "candidates", "scores")
+    ok = isinstance(raw, dict) and set(raw) == set(fields) and all(isinstance(raw[f], (list, tuple)) for f in fields)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for f in fields[:2] for v in raw[f])
+    ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in raw["scores"])
+    ok = ok and len(raw["history"]) == history_length and 0 < len(raw["candidates"]) == len(raw["scores"])
+    if not ok:
+        raise ManifestError(f"{source}: field 'golden' must hold history ({history_length} ids), candidates and "
+                            "one finite score per candidate")
+    return GoldenExample(tuple(raw["history"]), tuple(raw["candidates"]), tuple(float(v) for v in raw["scores"]))
 
 
 def _specs(data: dict, name: str, source: str) -> tuple[TensorSpec, ...]:

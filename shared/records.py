@@ -73,6 +73,15 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class GoldenExample:
+    """One example input and the scores the artifact must give for it (checked at load, catches re-signed files)."""
+
+    history: tuple[int, ...]  # history_length ids, left-padded with 0
+    candidates: tuple[int, ...]
+    scores: tuple[float, ...]  # one per candidate
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """What a device needs to verify an SRM artifact before loading it (manifest.json)."""
 
@@ -89,3 +98,4 @@ class ModelManifest:
     vocab_hash: str
     created_at: str
     metrics: dict[str, float] = field(default_factory=dict)
+    golden: GoldenExample | None = None

@@ -131,6 +131,8 @@ def manifest_to_pb(manifest: ModelManifest) -> pb.ModelManifest:
         inputs=[_spec_to_pb(s) for s in manifest.inputs], outputs=[_spec_to_pb(s) for s in manifest.outputs],
         history_length=manifest.history_length, num_items=manifest.num_items,
         vocab_hash=manifest.vocab_hash, created_at=manifest.created_at, metrics=manifest.metrics,
+        golden=None if manifest.golden is None else pb.GoldenExample(
+            history=manifest.golden.history, candidates=manifest.golden.candidates, scores=manifest.golden.scores),
     )
 
 
@@ -144,5 +146,7 @@ def manifest_from_pb(msg: pb.ModelManifest) -> ModelManifest:
         "inputs": [_spec_to_dict(s) for s in msg.inputs], "outputs": [_spec_to_dict(s) for s in msg.outputs],
         "history_length": msg.history_length, "num_items": msg.num_items, "vocab_hash": msg.vocab_hash,
         "created_at": msg.created_at, "metrics": dict(msg.metrics),
+        "golden": {"history": list(msg.golden.history), "candidates": list(msg.golden.candidates),
+                   "scores": list(msg.golden.scores)} if msg.HasField("golden") else None,
     }
     return manifest_from_dict(data, source="manifest from server")

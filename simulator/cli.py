@@ -41,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_llm(folder: str, dataset):
+    from cloud.llm import load_generator
+
+    return load_generator(folder, dataset)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from shared.generator import register_loader
+
+    register_loader("llm", _load_llm)  # the composition root wires cloud into offline device jobs
     try:
         return int(args.func(args) or 0)
     except LSC4RecError as exc:

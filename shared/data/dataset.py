@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from shared.errors import DataFormatError, EmptyDatasetError
+from shared.files import replace_dir
 from shared.records import Item
 
 INTERACTIONS = "interactions.tsv"
@@ -171,25 +172,8 @@ def write_dataset(dataset: Dataset, out: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _swap_in(tmp, out)
+    replace_dir(tmp, out)
     return out
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Replace `out` by `new`; the old folder is only deleted once the new one is in place."""
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{new.name}")
-        out.rename(backup)
-    try:
-        new.rename(out)
-    except BaseException:
-        if backup is not None:
-            backup.rename(out)
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _clean(value: str) -> str:

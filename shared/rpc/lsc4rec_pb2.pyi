@@ -65,7 +65,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dim_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("model_name", "version", "format", "file_name", "sha256", "size_bytes", "inputs", "outputs", "history_length", "num_items", "vocab_hash", "created_at", "metrics")
+    __slots__ = ("model_name", "version", "format", "file_name", "sha256", "size_bytes", "inputs", "outputs", "history_length", "num_items", "vocab_hash", "created_at", "metrics", "golden")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class ModelManifest(_message.Message):
     VOCAB_HASH_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     format: ModelFormat
@@ -99,7 +100,18 @@ class ModelManifest(_message.Message):
     vocab_hash: str
     created_at: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., history_length: _Optional[int] = ..., num_items: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    golden: GoldenExample
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., history_length: _Optional[int] = ..., num_items: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., golden: _Optional[_Union[GoldenExample, _Mapping]] = ...) -> None: ...
+
+class GoldenExample(_message.Message):
+    __slots__ = ("history", "candidates", "scores")
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    history: _containers.RepeatedScalarFieldContainer[int]
+    candidates: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, history: _Optional[_Iterable[int]] = ..., candidates: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetLatestManifestRequest(_message.Message):
     __slots__ = ("format", "current_version")

@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from shared.manifest import sha256_file, write_manifest
-from shared.records import ModelFormat, ModelManifest, TensorSpec
+from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
 
 NUM_ITEMS = 200
 HISTORY_LENGTH = 8
@@ -62,6 +62,16 @@ def build_model(seed: int = 0, ir_version: int = IR_VERSION, opset: int = OPSET,
     return model
 
 
+def golden(history_length: int = HISTORY_LENGTH) -> GoldenExample:
+    """The good model's (seed 0) scores for one history against every item; re-signed mutants keep this record."""
+    rng = np.random.default_rng(7)
+    history = rng.integers(1, NUM_ITEMS + 1, size=(1, history_length))
+    candidates = np.arange(1, NUM_ITEMS + 1)[None, :]
+    scores = reference_scores(history, candidates)[0]
+    return GoldenExample(tuple(int(i) for i in history[0]), tuple(int(i) for i in candidates[0]),
+                         tuple(float(s) for s in scores))
+
+
 def manifest_for(path: Path, version: str = "v1", history_length: int = HISTORY_LENGTH) -> ModelManifest:
     return ModelManifest(
         model_name="tiny", version=version, format=ModelFormat.ONNX, file_name=path.name,
@@ -70,7 +80,7 @@ def manifest_for(path: Path, version: str = "v1", history_length: int = HISTORY_
                 TensorSpec("candidates", "int64", ("batch", "num_candidates"))),
         outputs=(TensorSpec("scores", "float32", ("batch", "num_candidates")),),
         history_length=history_length, num_items=NUM_ITEMS, vocab_hash=VOCAB_HASH,
-        created_at="2026-01-01T00:00:00Z")
+        created_at="2026-01-01T00:00:00Z", golden=golden(history_length))
 
 
 def write_model_bytes(folder: Path, data: bytes, version: str = "v1", sign: bool = True,

@@ -18,9 +18,6 @@ pytestmark = pytest.mark.fault
 
 LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
                b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n")
-GOLDEN_GAP = ("device/runtime.load_reranker has no golden-output check (the manifest carries no example "
-              "inputs/outputs), so a re-signed artifact whose graph is valid but whose weights differ loads")
-
 
 def _weights_offset(data: bytes) -> int:
     """A byte inside the embedding table's raw data (a flip there keeps the graph valid)."""
@@ -86,7 +83,7 @@ def verdicts(good_model, tmp_path_factory) -> dict[str, dict]:
 
 
 NAMES = list(_cases(b"\0" * 4096 + models.embeddings().tobytes() + b"\x05batch").keys())
-EXPECTED_GAPS = {"flipped_byte_resigned": GOLDEN_GAP, "golden_output_mismatch": GOLDEN_GAP}
+EXPECTED_GAPS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [
@@ -116,4 +113,4 @@ def test_mutants_never_crash_the_device_and_unsigned_ones_are_all_rejected(good_
     assert signed["total"] == 200 and unsigned["total"] == 50
     assert signed["untyped_error"] == 0 and signed["good_model_lost"] == 0
     assert unsigned == {**unsigned, "rejected": 50, "good_model_lost": 0}
-    assert signed["rejected"] >= 100  # truncations and structural flips; weight flips may load (no golden check)
+    assert signed["rejected"] >= 100  # truncations, structural flips, and weight flips that change the golden scores

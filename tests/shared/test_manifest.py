@@ -29,6 +29,9 @@ def test_round_trip_and_verify(tmp_path):
     (lambda d: d.update(format="tflite"), "format"),
     (lambda d: d.update(file_name="../x"), "file_name"),
     (lambda d: d.update(inputs=[{"name": "x"}]), "inputs"),
+    (lambda d: d.update(golden={"history": [1], "candidates": [1], "scores": [0.0]}), "golden"),
+    (lambda d: d.update(golden={"history": [0] * 50, "candidates": [1, 2], "scores": [0.0]}), "golden"),
+    (lambda d: d.update(version="../escape"), "version"),
 ])
 def test_bad_fields_are_refused(tmp_path, mutate, message):
     _artifact(tmp_path)

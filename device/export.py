@@ -1,0 +1,246 @@
+"""Export an SRM checkpoint to ONNX (fp32, int8) and ExecuTorch/XNNPACK, each folder with a manifest.
+
+Every format comes from the one wrapper below around the one model definition. A folder is written
+to a temporary sibling first, checked for parity against eager PyTorch, given its manifest, and only
+then renamed into place: a failed parity check or a failed write leaves no partial artifact.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.errors import LSC4RecError
+from shared.manifest import new_version, sha256_file, write_manifest
+from shared.files import replace_dir
+from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
+
+PARITY_ATOL = 1e-4  # eager vs ONNX fp32 vs ExecuTorch, absolute, on the example inputs
+INT8_RTOL = 0.05  # int8 is checked against eager relative to the score range (it is lossy by design)
+FORMATS = ("onnx", "onnx-int8", "pte")
+
+
+class ExportError(LSC4RecError):
+    """An export failed (parity beyond tolerance, exporter error); nothing was left behind."""
+
+
+class ScoringWrapper(nn.Module):
+    """The exported graph: (history (B, T) int64, candidates (B, C) int64) -> scores (B, C) float32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.eval()  # dropout off in every exported graph
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.model(history, candidates).to(torch.float32)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    # ExecuTorch plans memory for the upper bound of the candidate axis (recorded in the manifest's
+    # metrics); onnxruntime has no bounds (batch_max only bounds the traced ONNX graph's batch axis).
+    batch_max: int = 1024
+    candidates_max: int = 2048
+    seed: int = 0
+
+
+def default_config(model_name: str) -> ExportConfig:
+    """DIN materialises (B, C, T, 4d) attention inputs, so its ExecuTorch bounds are smaller."""
+    return ExportConfig(candidates_max=512) if model_name == "din" else ExportConfig()
+
+
+def example_inputs(num_items: int, max_len: int, batch: int = 3, num_candidates: int = 50,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous example inputs with some left padding (one row fully padded but the last slot)."""
+    gen = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, num_items + 1, (batch, max_len), generator=gen)
+    history[0, : max_len // 2] = 0
+    history[-1, :-1] = 0
+    candidates = torch.randint(1, num_items + 1, (batch, num_candidates), generator=gen)
+    return history.contiguous(), candidates.contiguous()
+
+
+def _specs(max_len: int, fmt: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    batch = 1 if fmt == "pte" else "batch"  # see _dynamic_shapes
+    inputs = (TensorSpec("history", "int64", (batch, max_len)),
+              TensorSpec("candidates", "int64", (batch, "num_candidates")))
+    return inputs, (TensorSpec("scores", "float32", (batch, "num_candidates")),)
+
+
+def _dynamic_shapes(config: ExportConfig, fmt: str):
+    """ONNX: dynamic batch and candidates. ExecuTorch 1.5.1: the batch is fixed at 1 (one user per
+    device), because a dynamic batch left portable-kernel outputs (e.g. `history > 0`) static-shaped
+    and the program failed at run time on any other batch; the candidate axis is dynamic."""
+    cands = torch.export.Dim("num_candidates", min=1, max=config.candidates_max)
+    if fmt == "pte":
+        return {"history": {}, "candidates": {1: cands}}
+    batch = torch.export.Dim("batch", min=1, max=config.batch_max)
+    return {"history": {0: batch}, "candidates": {0: batch, 1: cands}}
+
+
+def write_onnx(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:
+    """Dynamo exporter (opset 20 here): dynamic batch and candidate axes, fixed history length."""
+    program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=["history", "candidates"],
+                                output_names=["scores"], dynamic_shapes=_dynamic_shapes(config, "onnx"),
+                                external_data=False, verbose=False)
+    program.save(str(path))
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the weights (activations stay float) with onnxruntime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def write_pte(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:
+    """torch.export -> edge dialect lowered to XNNPACK -> ExecuTorch program."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    exported = torch.export.export(wrapper, inputs, dynamic_shapes=_dynamic_shapes(config, "pte"))
+    # Plan memory for the declared upper bounds, not the example's sizes (the default would fix them).
+    backend = ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch(backend)
+    path.write_bytes(program.buffer)
+
+
+def onnx_runner(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda h, c: session.run(["scores"], {"history": np.ascontiguousarray(h),
+                                                 "candidates": np.ascontiguousarray(c)})[0]
+
+
+def pte_runner(path: Path):
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(Path(path)).load_method("forward")
+    return lambda h, c: method.execute([torch.from_numpy(np.ascontiguousarray(h)),
+                                        torch.from_numpy(np.ascontiguousarray(c))])[0].numpy()
+
+
+def pte_score_fn(path: Path, num_items: int, batch: int = 1, chunk: int = 2048):
+    """Full-catalogue scores through an ExecuTorch program, in blocks within its upper bounds."""
+    run = pte_runner(path)
+    items = np.arange(1, num_items + 1, dtype=np.int64)
+
+    def score(history: np.ndarray) -> np.ndarray:
+        rows = []
+        for r in range(0, history.shape[0], batch):
+            h = np.ascontiguousarray(history[r:r + batch])
+            parts = [np.full((h.shape[0], 1), -np.inf, dtype=np.float32)]
+            for start in range(0, num_items, chunk):
+                block = items[start:start + chunk]
+                parts.append(run(h, np.ascontiguousarray(np.broadcast_to(block, (h.shape[0], len(block))))))
+            rows.append(np.concatenate(parts, axis=1))
+        return np.concatenate(rows, axis=0)
+    return score
+
+
+def check_parity(name: str, got: np.ndarray, expected: np.ndarray, atol: float) -> float:
+    """Max |got - expected|; raises ExportError beyond `atol` (shapes must match)."""
+    if got.shape != expected.shape:
+        raise ExportError(f"{name}: output shape {got.shape}, eager gives {expected.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+    if not np.isfinite(diff) or diff > atol:
+        raise ExportError(f"{name}: max |exported - eager| = {diff:.3g} exceeds the tolerance {atol:.3g}")
+    return diff
+
+
+def _parity_inputs(model, config: ExportConfig, fmt: str):
+    """Several shapes, so dynamic axes are exercised beyond the traced example."""
+    shapes = ((1, 50), (1, 100), (1, 7)) if fmt == "pte" else ((1, 50), (3, 100), (5, 7))
+    return [example_inputs(model.num_items, model.max_len, min(b, config.batch_max), min(c, config.candidates_max),
+                           config.seed + i) for i, (b, c) in enumerate(shapes)]
+
+
+def _build(fmt: str, wrapper, model, folder: Path, config: ExportConfig) -> tuple[str, dict, GoldenExample]:
+    """Write the file for one format into `folder` and check it; returns (file name, parity figures, golden)."""
+    inputs = example_inputs(model.num_items, model.max_len, batch=1 if fmt == "pte" else 3, seed=config.seed)
+    checks = _parity_inputs(model, config, fmt)
+    with torch.no_grad():
+        expected = [wrapper(h, c).numpy() for h, c in checks]
+    if fmt == "pte":
+        file_name = "model.pte"
+        write_pte(wrapper, inputs, folder / file_name, config)
+        run, tol = pte_runner(folder / file_name), PARITY_ATOL
+    else:
+        file_name = "model.onnx"
+        write_onnx(wrapper, inputs, folder / file_name, config)
+        if fmt == "onnx-int8":
+            fp32 = folder / "fp32.onnx"
+            (folder / file_name).replace(fp32)
+            quantize_int8(fp32, folder / file_name)
+            fp32.unlink()
+        run = onnx_runner(folder / file_name)
+        scale = max(float(np.abs(e).max()) for e in expected)
+        tol = PARITY_ATOL if fmt == "onnx" else INT8_RTOL * max(scale, 1e-6)
+    diffs = [check_parity(f"{fmt} {h.shape[0]}x{c.shape[1]}", run(h.numpy(), c.numpy()), e, tol)
+             for (h, c), e in zip(checks, expected)]
+    # The artifact's own scores for one history against every item (so a changed weight of any item shows):
+    # devices re-check them at load (device.runtime.check_golden).
+    history = np.ascontiguousarray(checks[0][0][:1].numpy())
+    candidates = np.arange(1, min(model.num_items, config.candidates_max) + 1, dtype=np.int64)[None, :]
+    golden = GoldenExample(tuple(int(i) for i in history[0]), tuple(int(i) for i in candidates[0]),
+                           tuple(float(s) for s in run(history, candidates)[0]))
+    return file_name, {"parity_max_abs_diff": max(diffs), "parity_tolerance": tol}, golden
+
+
+def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
+               metrics: dict | None = None, config: ExportConfig | None = None) -> Path:
+    """Write `out_dir/<fmt>/` (file + manifest.json) atomically; returns that folder."""
+    config = config or default_config(model_name)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / fmt
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fmt}.tmp-", dir=out_dir))
+    try:
+        wrapper = ScoringWrapper(model)
+        file_name, parity, golden = _build(fmt, wrapper, model, tmp, config)
+        bounds = {"max_batch": 1, "max_candidates": config.candidates_max} if fmt == "pte" else {}
+        path = tmp / file_name
+        sha = sha256_file(path)
+        inputs, outputs = _specs(model.max_len, fmt)
+        manifest = ModelManifest(
+            model_name=model_name + ("-int8" if fmt == "onnx-int8" else ""), version=new_version(sha),
+            format=ModelFormat.PTE if fmt == "pte" else ModelFormat.ONNX, file_name=file_name, sha256=sha,
+            size_bytes=path.stat().st_size, inputs=inputs, outputs=outputs, history_length=model.max_len,
+            num_items=model.num_items, vocab_hash=vocab_hash,
+            created_at=datetime.now(timezone.utc).isoformat(), metrics={**(metrics or {}), **parity, **bounds},
+            golden=golden)
+        write_manifest(manifest, tmp)
+        tmp.chmod(0o755)
+        replace_dir(tmp, final)
+    except ExportError:
+        raise
+    except Exception as exc:  # exporter/runtime failures become one typed error; nothing is left
+        raise ExportError(f"export to {fmt} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def export_checkpoint(ckpt_path: str | Path, formats: tuple[str, ...], out_dir: str | Path,
+                      config: ExportConfig | None = None) -> dict[str, Path]:
+    """Export a checkpoint to each format; the manifest carries the checkpoint's validation metrics."""
+    from device.train import load_checkpoint
+
+    model, ckpt = load_checkpoint(ckpt_path)
+    metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float))}
+    return {fmt: export_one(model, ckpt["model"], ckpt["vocab_hash"], fmt, Path(out_dir), metrics, config)
+            for fmt in formats}

@@ -1,0 +1,66 @@
+"""GRU4Rec (Hidasi et al. 2016, with the full cross-entropy of later work): a GRU over the item history."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from device.models.common import NEG_INF, SequentialRecommender
+from shared.config import check
+
+
+@dataclass(frozen=True)
+class GRU4RecConfig:
+    """Architecture only; training settings live in device.train.TrainConfig."""
+
+    num_items: int = 1  # N; ids are 1..N, 0 = padding
+    max_len: int = 50  # T
+    hidden: int = 64  # item embedding size d (also the output size)
+    gru_hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.3
+
+    def __post_init__(self):
+        check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
+        check(self.max_len >= 1, "max_len", self.max_len, "must be at least 1")
+        check(self.layers >= 1, "layers", self.layers, "must be at least 1")
+        check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+
+
+class GRU4Rec(SequentialRecommender):
+    all_positions = True
+
+    def __init__(self, config: GRU4RecConfig):
+        super().__init__()
+        self.config = config
+        self.num_items, self.max_len = config.num_items, config.max_len
+        self.item_emb = nn.Embedding(config.num_items + 1, config.hidden, padding_idx=0)
+        self.drop = nn.Dropout(config.dropout)
+        self.gru = nn.GRU(config.hidden, config.gru_hidden, num_layers=config.layers, batch_first=True)
+        self.out = nn.Linear(config.gru_hidden, config.hidden)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, T) int64, 0 = padding (left) -> (B, T, d); position t has seen items <= t.
+
+        Left padding means the GRU first reads zero vectors (the padding embedding); the state they
+        leave is the same for every user, so padding carries no information. Padded outputs are zeroed.
+        """
+        keep = (history > 0).unsqueeze(-1)  # (B, T, 1)
+        x = self.drop(self.item_emb(history))  # (B, T, d), zero at padding
+        states, _ = self.gru(x)  # (B, T, H)
+        return self.out(self.drop(states)) * keep
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_emb(items)
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
+        user = self.encode(history)[:, -1, :]  # (B, d)
+        return (self.item_vectors(candidates) * user.unsqueeze(1)).sum(-1)
+
+    def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        scores = self.encode(history)[:, -1, :] @ self.item_emb.weight.T
+        scores[:, 0] = NEG_INF
+        return scores

@@ -1,0 +1,118 @@
+"""SASRec (Kang & McAuley 2018): causal self-attention over the item history, learned positions."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from device.models.common import NEG_INF, SequentialRecommender
+from shared.config import check
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    """Architecture only; training settings live in device.train.TrainConfig."""
+
+    num_items: int = 1  # N; ids are 1..N, 0 = padding
+    max_len: int = 50  # T: histories are left-padded / truncated to this length
+    hidden: int = 64  # d
+    layers: int = 2
+    heads: int = 2
+    inner: int = 256  # feed-forward width
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
+        check(self.max_len >= 1, "max_len", self.max_len, "must be at least 1")
+        check(self.hidden % self.heads == 0, "heads", self.heads, f"must divide hidden ({self.hidden})")
+        check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.heads = config.heads
+        self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
+        self.proj = nn.Linear(config.hidden, config.hidden)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, d); allowed: (B, 1, T, T) bool, True where query t may look at key s
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)  # (B, H, T, T)
+        att = att.masked_fill(~allowed, NEG_INF).softmax(dim=-1)
+        y = self.drop(att) @ v  # (B, H, T, d/H)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Post-norm transformer block, as in the SASRec paper and RecBole."""
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.attn = CausalSelfAttention(config)
+        self.norm1 = nn.LayerNorm(config.hidden, eps=1e-12)
+        self.ff = nn.Sequential(nn.Linear(config.hidden, config.inner), nn.GELU(),
+                                nn.Linear(config.inner, config.hidden), nn.Dropout(config.dropout))
+        self.norm2 = nn.LayerNorm(config.hidden, eps=1e-12)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, allowed)))
+        return self.norm2(x + self.ff(x))
+
+
+class SASRec(SequentialRecommender):
+    all_positions = True
+
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.config = config
+        self.num_items, self.max_len = config.num_items, config.max_len
+        self.item_emb = nn.Embedding(config.num_items + 1, config.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(config.max_len, config.hidden)
+        self.norm = nn.LayerNorm(config.hidden, eps=1e-12)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, T) int64, 0 = padding (left) -> (B, T, d) causal states; position t has seen items <= t."""
+        t = history.shape[1]
+        keep = history > 0  # (B, T)
+        positions = torch.arange(t, device=history.device) + (self.max_len - t)  # right-aligned slots
+        x = self.item_emb(history) * math.sqrt(self.config.hidden) + self.pos_emb(positions)
+        x = self.drop(self.norm(x)) * keep.unsqueeze(-1)
+        causal = torch.ones(t, t, dtype=torch.bool, device=history.device).tril()
+        # Keys must be real items; the diagonal stays open so padded rows never attend to nothing.
+        allowed = (causal & keep.unsqueeze(1)) | torch.eye(t, dtype=torch.bool, device=history.device)
+        allowed = allowed.unsqueeze(1)  # (B, 1, T, T)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return x * keep.unsqueeze(-1)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Output embeddings are tied to the input ones: (…,) -> (…, d)."""
+        return self.item_emb(items)
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
+        user = self.encode(history)[:, -1, :]  # (B, d): state after the most recent item
+        return (self.item_vectors(candidates) * user.unsqueeze(1)).sum(-1)
+
+    def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        """(B, N + 1) logits over the catalogue; column 0 (padding) is NEG_INF."""
+        scores = self.encode(history)[:, -1, :] @ self.item_emb.weight.T
+        scores[:, 0] = NEG_INF
+        return scores

@@ -1,0 +1,104 @@
+"""Export: parity eager vs ONNX vs ExecuTorch, dynamic axes, manifests, and no partial artifacts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from device import export as ex
+from device.models import build_model
+from shared.manifest import read_manifest, verify_artifact
+
+N, T = 30, 10
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("sasrec", {"num_items": N, "max_len": T, "hidden": 32}).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    folders = {fmt: ex.export_one(model, "sasrec", "vocab123", fmt, out, {"valid_ndcg@10": 0.5})
+               for fmt in ("onnx", "onnx-int8", "pte")}
+    return out, folders
+
+
+def _inputs(b, c, seed=7):
+    h, cands = ex.example_inputs(N, T, b, c, seed)
+    return h, cands
+
+
+def test_one_folder_per_format_with_verified_manifest(exported):
+    out, folders = exported
+    assert sorted(p.name for p in out.iterdir()) == ["onnx", "onnx-int8", "pte"]  # nothing else left
+    for fmt, folder in folders.items():
+        manifest, path = verify_artifact(folder)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", manifest.file_name])
+        assert [s.name for s in manifest.inputs] == ["history", "candidates"]
+        batch = 1 if fmt == "pte" else "batch"  # ExecuTorch programs take one user at a time
+        assert manifest.inputs[0].shape == (batch, T) and manifest.inputs[1].shape == (batch, "num_candidates")
+        assert manifest.outputs[0].name == "scores" and manifest.outputs[0].dtype == "float32"
+        assert (manifest.history_length, manifest.num_items, manifest.vocab_hash) == (T, N, "vocab123")
+        assert manifest.metrics["valid_ndcg@10"] == 0.5
+        assert manifest.metrics["parity_max_abs_diff"] <= manifest.metrics["parity_tolerance"]
+        assert manifest.version.endswith(manifest.sha256[:8])
+
+
+@pytest.mark.parametrize("b, c", [(1, 50), (7, 13), (2, 1)])
+def test_parity_eager_onnx_pte_on_dynamic_shapes(model, exported, b, c):
+    _, folders = exported
+    h, cands = _inputs(b, c)
+    with torch.no_grad():
+        eager = model(h, cands).numpy()
+    onnx_out = ex.onnx_runner(folders["onnx"] / "model.onnx")(h.numpy(), cands.numpy())
+    pte = ex.pte_runner(folders["pte"] / "model.pte")
+    pte_out = np.concatenate([pte(h[i:i + 1].numpy(), cands[i:i + 1].numpy()) for i in range(b)])
+    assert np.abs(onnx_out - eager).max() <= ex.PARITY_ATOL
+    assert np.abs(pte_out - eager).max() <= ex.PARITY_ATOL
+    int8 = ex.onnx_runner(folders["onnx-int8"] / "model.onnx")(h.numpy(), cands.numpy())
+    assert int8.shape == eager.shape and np.abs(int8 - eager).max() <= ex.INT8_RTOL * np.abs(eager).max() + 1e-6
+
+
+def test_failed_parity_leaves_nothing(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "PARITY_ATOL", -1.0)
+    with pytest.raises(ex.ExportError, match="tolerance"):
+        ex.export_one(model, "sasrec", "v", "onnx", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_artifact(model, tmp_path, monkeypatch, exported):
+    _, folders = exported
+    import shutil
+    shutil.copytree(folders["onnx"], tmp_path / "onnx")
+    before = (tmp_path / "onnx" / "manifest.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(ex, "write_manifest", broken)
+    with pytest.raises(ex.ExportError, match="disk full"):
+        ex.export_one(model, "sasrec", "v", "onnx", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+    assert (tmp_path / "onnx" / "manifest.json").read_text() == before
+
+
+def test_artifact_evaluation_matches_eager(model, exported, tiny_dataset):
+    from device.evaluate import evaluate, evaluate_artifact, model_score_fn
+    from shared.data.splits import Examples
+    from shared.errors import CatalogMismatchError
+
+    _, folders = exported
+    rng = np.random.default_rng(0)
+    examples = Examples(np.arange(8), tuple(rng.integers(1, N + 1, size=12) for _ in range(8)),
+                        rng.integers(1, N + 1, size=8))
+    eager = evaluate(model_score_fn(model), examples, T)
+    for fmt in ("onnx", "pte"):
+        got = evaluate_artifact(folders[fmt], examples, "vocab123")
+        for key in ("hr@10", "ndcg@10", "seen_kept/ndcg@10", "mrr@50"):
+            assert got[key] == pytest.approx(eager[key], abs=1e-9), (fmt, key)
+    with pytest.raises(CatalogMismatchError):
+        evaluate_artifact(folders["onnx"], examples, "another-catalogue")

@@ -1,0 +1,102 @@
+"""SRM definitions: shapes, padding, causality, truncation, id checks and size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from device.models import MODEL_NAMES, build_model
+from device.models.common import make_inputs
+from shared.errors import ConfigError, UnknownItemError
+
+N, T = 40, 12
+TINY = {"num_items": N, "max_len": T, "hidden": 32}
+
+
+def tiny(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(name, dict(TINY)).eval()
+
+
+def batch(seed: int = 0, b: int = 3, c: int = 7):
+    gen = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, N + 1, (b, T), generator=gen)
+    history[0, : T // 2] = 0  # left padding
+    return history, torch.randint(1, N + 1, (b, c), generator=gen)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_shape_dtype_and_score_all_agree(name):
+    model = tiny(name)
+    history, cands = batch()
+    with torch.no_grad():
+        scores = model(history, cands)
+        full = model.score_all(history)
+    assert scores.shape == (3, 7) and scores.dtype == torch.float32
+    assert full.shape == (3, N + 1)
+    assert torch.allclose(full.gather(1, cands), scores, atol=1e-5)
+    assert (full[:, 0] < -1e8).all()  # padding is never recommended
+
+
+@pytest.mark.parametrize("name", ["sasrec", "din"])
+def test_padding_slots_are_masked(name):
+    model = tiny(name)
+    history, cands = batch()
+    with torch.no_grad():
+        before = model(history, cands)
+        model.item_emb.weight[0].normal_()  # whatever sits in the padding row must not matter
+        after = model(history, cands)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_rows_are_independent(name):
+    model = tiny(name)
+    history, cands = batch(b=4)
+    with torch.no_grad():
+        together = model(history, cands)
+        alone = torch.cat([model(history[i:i + 1], cands[i:i + 1]) for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_encode_is_causal(name):
+    model = tiny(name)
+    history, _ = batch()
+    changed = history.clone()
+    changed[:, -1] = (changed[:, -1] % N) + 1  # alter only the most recent item
+    with torch.no_grad():
+        a, b = model.encode(history), model.encode(changed)
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-5)
+    assert not torch.allclose(a[:, -1], b[:, -1], atol=1e-5)
+
+
+def test_long_histories_keep_the_most_recent_items():
+    long = list(range(1, 31))
+    history, cands = make_inputs([long, [5, 6]], [[1, 2], [3, 4]], max_len=T, num_items=N)
+    assert history[0].tolist() == long[-T:]
+    assert history[1].tolist() == [0] * (T - 2) + [5, 6]
+    assert history.is_contiguous() and cands.is_contiguous() and history.dtype == torch.int64
+
+
+@pytest.mark.parametrize("histories, cands", [([[1, N + 1]], [[1]]), ([[0, 1]], [[1]]), ([[1]], [[N + 1]]),
+                                              ([[1]], [[0]]), ([[1]], [[-3]])])
+def test_unknown_ids_are_refused_before_inference(histories, cands):
+    with pytest.raises(UnknownItemError):
+        make_inputs(histories, cands, max_len=T, num_items=N)
+
+
+def test_bad_config_and_unknown_model_are_refused():
+    with pytest.raises(ConfigError):
+        build_model("sasrec", {"num_items": N, "hidden": 30, "heads": 4})
+    with pytest.raises(ConfigError):
+        build_model("bert4rec", {"num_items": N})
+    with pytest.raises(ConfigError):
+        build_model("sasrec", {"num_items": N, "no_such_field": 1})
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_default_ml100k_models_fit_in_two_megabytes(name):
+    model = build_model(name, {"num_items": 1682})
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert size <= 2_000_000, size

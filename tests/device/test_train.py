@@ -1,0 +1,159 @@
+"""Training, checkpoints, cooperative training, adaptive re-training and the CLI, on tiny synthetic data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from device.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from shared.data.splits import loo_split, stream_split
+from shared.errors import CatalogMismatchError, UnknownItemError
+from tests.conftest import synthetic_dataset
+
+TINY = {"hidden": 32, "max_len": 12}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(num_users=40, num_items=50, min_len=18, max_len=30)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("srm")
+    split = stream_split(data, stream_length=4, cloud_lag=2).srm_train()
+    model, ckpt = train("sasrec", TINY, TrainConfig(epochs=6, batch_size=16, lr=5e-3, threads=1), split,
+                        data.num_items, data.vocab_hash, out=out, progress=False)
+    return out, model, ckpt, split
+
+
+def test_training_learns_the_ring_walk(trained, data):
+    from device.evaluate import evaluate, model_score_fn
+    from device.models import build_model
+
+    _, model, ckpt, split = trained
+    torch.manual_seed(0)
+    untrained = build_model("sasrec", {**TINY, "num_items": data.num_items})
+    before = evaluate(model_score_fn(untrained), split.valid, 12, ks=(10,), rules=("removed",))["ndcg@10"]
+    after = evaluate(model_score_fn(model), split.valid, 12, ks=(10,), rules=("removed",))["ndcg@10"]
+    assert after > before + 0.2, (before, after)
+    assert ckpt["metrics"]["valid_ndcg@10"] == pytest.approx(after)
+
+
+def test_checkpoint_round_trip_and_catalogue_check(trained, data):
+    out, model, ckpt, _ = trained
+    loaded, meta = load_checkpoint(out / "srm.pt", data.vocab_hash)
+    h = torch.randint(1, data.num_items + 1, (3, 12))
+    c = torch.randint(1, data.num_items + 1, (3, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(h, c), model(h, c))
+    assert meta["vocab_hash"] == data.vocab_hash and meta["train_config"]["epochs"] == 6
+    assert meta["model_config"]["hidden"] == 32 and "valid_ndcg@10" in meta["metrics"] and meta["version"]
+    with pytest.raises(CatalogMismatchError):
+        load_checkpoint(out / "srm.pt", "another-catalogue")
+
+
+@pytest.mark.parametrize("name, loss", [("sasrec", "bce"), ("gru4rec", "ce"), ("gru4rec", "sampled_ce"),
+                                        ("din", "sampled_ce"), ("din", "bce")])
+def test_every_model_and_loss_trains(data, name, loss):
+    split = loo_split(data)
+    _, ckpt = train(name, TINY, TrainConfig(epochs=2, batch_size=32, negatives=8, loss=loss, threads=1,
+                                            lr=5e-3), split, data.num_items, data.vocab_hash, progress=False)
+    losses = [h["loss"] for h in ckpt["history"]]
+    assert all(np.isfinite(losses)) and ckpt["metrics"]["valid_ndcg@10"] >= 0
+
+
+def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
+    from device.finetune import finetune
+
+    out, model, ckpt, split = trained
+    fresh = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([10, 11, 12, 13])]
+    path, figures = finetune(out / "srm.pt", fresh, budget_s=1.0, out=tmp_path, first_fresh=[4, 1],
+                             vocab_hash=data.vocab_hash, return_figures=True)
+    new, meta = load_checkpoint(path, data.vocab_hash)
+    old = load_checkpoint(out / "srm.pt")[1]
+    assert meta["parent"] == old["version"] and meta["version"] != old["version"]
+    assert figures["epochs"] >= 1
+    changed = any(not torch.equal(a, b) for a, b in zip(new.state_dict().values(), model.state_dict().values()))
+    assert changed
+    with pytest.raises(UnknownItemError):
+        finetune(out / "srm.pt", [np.array([1, data.num_items + 1])], 1.0, tmp_path / "bad")
+    with pytest.raises(CatalogMismatchError):
+        finetune(out / "srm.pt", fresh, 1.0, tmp_path / "bad", vocab_hash="other")
+
+
+def test_fresh_only_targets():
+    from device.train import _windows
+
+    x, y = _windows([np.array([1, 2, 3, 4, 5])], 8, np.random.default_rng(0), first_target=[3])
+    assert x[0].tolist()[-4:] == [1, 2, 3, 4] and y[0].tolist()[-4:] == [0, 0, 4, 5]
+
+
+class CountingGenerator:
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    version = property(lambda self: self.inner.version)
+    num_items = property(lambda self: self.inner.num_items)
+
+    def generate(self, histories, n, excludes=None):
+        self.calls += 1
+        return self.inner.generate(histories, n, excludes)
+
+
+def test_candidate_lists_are_valid_and_cached(data, tmp_path):
+    from device.coop import candidate_lists
+    from shared.generator import PopularityGenerator
+
+    gen = CountingGenerator(PopularityGenerator.from_sequences(data.sequences(), data.num_items))
+    histories = [s[:10] for s in data.sequences()[:5]]
+    first = candidate_lists(gen, histories, 8, 2, tmp_path)
+    assert first.shape == (5, 8) and gen.calls == 1
+    for h, row in zip(histories, first):
+        assert len(set(row)) == 8 and not set(row) & set(h.tolist())  # distinct, none already seen
+    again = candidate_lists(gen, histories, 8, 2, tmp_path)
+    assert gen.calls == 1 and np.array_equal(first, again)
+
+
+def test_cooperative_training_improves_list_ranking(trained, data, tmp_path):
+    import copy
+
+    from device.coop import CoopConfig, coop_train, protocol_b_lists, protocol_b_rerank
+    from shared.generator import PopularityGenerator
+
+    _, model, ckpt, split = trained
+    stream = stream_split(data, stream_length=4, cloud_lag=2)
+    gen = PopularityGenerator.from_sequences(stream.cloud_seen, data.num_items)
+    config = CoopConfig(num_candidates=10, histories_per_user=6, lag=2, epochs=4, batch_size=32, lr=2e-3)
+    coop, new = coop_train(copy.deepcopy(model), "sasrec", split, gen, config, data.vocab_hash, tmp_path,
+                           out=tmp_path, parent=ckpt.get("version"), progress=False)
+    assert new["metrics"]["valid_list_ndcg@10"] >= new["history"][0]["valid_list_ndcg@10"]
+    lists = protocol_b_lists(stream, gen, 10, tmp_path)
+    figures = protocol_b_rerank(coop, stream, lists)
+    assert figures["steps"] == len(stream) * 4 and 0 <= figures["srm/ndcg@10"] <= 1
+    assert load_checkpoint(tmp_path / "srm.pt", data.vocab_hash)[1]["generator_version"] == "popularity"
+
+
+def test_cli_train_eval_export(tmp_path, capsys):
+    from shared.data.dataset import write_dataset
+    from simulator.cli import main
+
+    data = synthetic_dataset(num_users=30, num_items=40, min_len=16, max_len=22)
+    write_dataset(data, tmp_path / "data")
+    rc = main(["train", "srm", "--data", str(tmp_path / "data"), "--model", "gru4rec", "--out",
+               str(tmp_path / "run"), "--config", "configs/srm/tiny.toml", "--set", "train.epochs=1", "--json"])
+    assert rc == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["protocol"] == "stream" and "valid_ndcg@10" in trained
+    rc = main(["eval", "srm", "--data", str(tmp_path / "data"), "--ckpt", str(tmp_path / "run"),
+               "--protocol", "loo", "--json"])
+    figures = json.loads(capsys.readouterr().out)
+    assert rc == 0 and figures["users"] == 30 and {"hr@10", "ndcg@10", "seen_kept/hr@10", "recall@50"} <= set(figures)
+    rc = main(["export", "srm", "--ckpt", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "x"),
+               "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["onnx.size_bytes"] > 0
+    rc = main(["eval", "srm", "--data", str(tmp_path / "data"), "--artifact", str(tmp_path / "x" / "onnx"), "--json"])
+    from_artifact = json.loads(capsys.readouterr().out)
+    assert rc == 0 and from_artifact["ndcg@10"] == pytest.approx(figures["ndcg@10"], abs=1e-9)
