@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--srm-coop", default="", help="use this cooperative SRM folder (srm.pt) instead of training")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the grid")
     parser.add_argument("--llm-preset", default="compact", help="LLM preset to train (compact; tiny for a smoke run)")
-    parser.add_argument("--llm-epochs", type=int, default=4,
+    parser.add_argument("--llm-epochs", type=int, default=10,
                         help="epoch cap of the LLM (4 keeps the demo within 20 min on 2 busy cores)")
-    parser.add_argument("--srm-epochs", type=int, default=6, help="epoch cap of the independent SASRec")
+    parser.add_argument("--srm-epochs", type=int, default=12, help="epoch cap of the independent SASRec")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

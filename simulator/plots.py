@@ -16,6 +16,19 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> Path:
+    """Labels, grid and legend, then save the figure to `path` and free it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def ndcg_vs_rate(agg: list[dict], device_only: dict | None, path: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -43,15 +56,7 @@ def ndcg_vs_rate(agg: list[dict], device_only: dict | None, path: Path) -> Path 
     if not drawn and not lines:
         plt.close(fig)
         return None
-    ax.set_xlabel("realised request rate")
-    ax.set_ylabel("NDCG@10 on the slate shown")
-    ax.set_title("Accuracy against cloud requests")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "realised request rate", "NDCG@10 on the slate shown", "Accuracy against cloud requests", legend_loc="lower right")
 
 
 def latency_cdf(rows_dir: Path, run_ids: list[str], path: Path) -> Path | None:
@@ -72,15 +77,7 @@ def latency_cdf(rows_dir: Path, run_ids: list[str], path: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("modelled request latency (ms)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Latency CDF of cloud requests")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "modelled request latency (ms)", "fraction of requests", "Latency CDF of cloud requests")
 
 
 def bytes_per_event(agg: list[dict], path: Path) -> Path | None:
@@ -96,12 +93,4 @@ def bytes_per_event(agg: list[dict], path: Path) -> Path | None:
         if sel:
             ax.scatter([r["request_rate"] for r in sel],
                        [r["bytes_up_per_event"] + r["bytes_down_per_event"] for r in sel], marker=marker, label=policy)
-    ax.set_xlabel("realised request rate")
-    ax.set_ylabel("bytes on the wire per event (up + down)")
-    ax.set_title("Traffic per user event")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "realised request rate", "bytes on the wire per event (up + down)", "Traffic per user event")
