@@ -1,6 +1,7 @@
 """The one place where exceptions become gRPC status codes (DESIGN §5), and the servicer boundary."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -77,20 +78,28 @@ class Observer:
         pass
 
 
+@contextlib.contextmanager
+def _mapped(servicer, context, method: str, rid: str, observer_attr: str):
+    """The one mapping point: any exception becomes its status code, is logged and observed, aborts the call."""
+    start = time.perf_counter()
+    observer = getattr(servicer, observer_attr)
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
+        code, message = _report(exc, method, rid)
+        observer.record(method, code, time.perf_counter() - start)
+        context.abort(code, f"{message} (request_id={rid})")
+    observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
+
+
 def rpc_boundary(method: str, observer_attr: str = "observer") -> Callable:
     """Decorate a unary servicer method `(self, request, context, rid)`: map errors once, log, observe."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def call(self, request, context):
-            start = time.perf_counter()
             rid = request_id_of(context, getattr(request, "request_id", ""))
-            try:
+            with _mapped(self, context, method, rid, observer_attr):
                 response = fn(self, request, context, rid)
-            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
-                code, message = _report(exc, method, rid)
-                getattr(self, observer_attr).record(method, code, time.perf_counter() - start)
-                context.abort(code, f"{message} (request_id={rid})")
-            getattr(self, observer_attr).record(method, grpc.StatusCode.OK, time.perf_counter() - start)
             return response
         return call
     return wrap
@@ -101,15 +110,9 @@ def stream_boundary(method: str, observer_attr: str = "observer") -> Callable:
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def call(self, request, context) -> Iterator:
-            start = time.perf_counter()
             rid = request_id_of(context)
-            try:
+            with _mapped(self, context, method, rid, observer_attr):
                 yield from fn(self, request, context, rid)
-            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
-                code, message = _report(exc, method, rid)
-                getattr(self, observer_attr).record(method, code, time.perf_counter() - start)
-                context.abort(code, f"{message} (request_id={rid})")
-            getattr(self, observer_attr).record(method, grpc.StatusCode.OK, time.perf_counter() - start)
         return call
     return wrap
 

@@ -92,8 +92,33 @@ def check_manifest_shape(manifest: ModelManifest) -> None:
         raise ManifestError(f"manifest {manifest.version}: output dtype {manifest.outputs[0].dtype}, expected float32")
 
 
-class OnnxReranker:
+class _Backend:
+    """What every backend shares: input checks before inference, one error type when the runtime fails."""
+
+    manifest: ModelManifest
+    runtime_name = "runtime"
+
+    @property
+    def history_length(self) -> int:
+        return self.manifest.history_length
+
+    def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(B, C) float32 logits; raises UnknownItemError / InvalidArgumentError before inference."""
+        hist, cand = check_inputs(histories, candidates, self.history_length, self.manifest.num_items)
+        try:
+            out = self._run(hist, cand)
+        except Exception as exc:  # the runtime's own error types become the project's (the session falls back)
+            raise UnavailableError(f"SRM {self.manifest.version}: {self.runtime_name} failed ({exc})") from None
+        return out.astype(np.float32, copy=False).reshape(cand.shape)
+
+    def _run(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxReranker(_Backend):
     """onnxruntime backend (CPU, sequential execution, `threads` intra-op threads)."""
+
+    runtime_name = "onnxruntime"
 
     def __init__(self, path: str | Path, manifest: ModelManifest, threads: int = 1):
         import onnxruntime as ort
@@ -134,22 +159,14 @@ class OnnxReranker:
         if np.shape(out) != (1, 2):
             raise ManifestError(f"{path}: output shape {np.shape(out)} for 2 candidates, expected (1, 2)")
 
-    @property
-    def history_length(self) -> int:
-        return self.manifest.history_length
-
-    def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """(B, C) float32 logits; raises UnknownItemError / InvalidArgumentError before inference."""
-        hist, cand = check_inputs(histories, candidates, self.history_length, self.manifest.num_items)
-        try:
-            out = self._session.run(self._output, {self._names[0]: hist, self._names[1]: cand})[0]
-        except Exception as exc:  # onnxruntime's own error types become the project's (session falls back)
-            raise UnavailableError(f"SRM {self.manifest.version}: onnxruntime failed ({exc})") from None
-        return np.asarray(out, dtype=np.float32).reshape(cand.shape)
+    def _run(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(self._output, {self._names[0]: hist, self._names[1]: cand})[0])
 
 
-class ExecuTorchReranker:
+class ExecuTorchReranker(_Backend):
     """ExecuTorch backend (`executorch.runtime`, lazily imported; its bindings bring torch with them)."""
+
+    runtime_name = "ExecuTorch"
 
     def __init__(self, path: str | Path, manifest: ModelManifest):
         try:
@@ -180,17 +197,8 @@ class ExecuTorchReranker:
         shape = [s if isinstance(w, int) else w for s, w in zip(sizes, spec.shape)]
         _check_spec(f"{path}: tensor", spec, spec.name, dtype, shape if len(sizes) == len(spec.shape) else sizes)
 
-    @property
-    def history_length(self) -> int:
-        return self.manifest.history_length
-
-    def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        hist, cand = check_inputs(histories, candidates, self.history_length, self.manifest.num_items)
-        try:
-            out = self._method.execute([self._torch.from_numpy(hist), self._torch.from_numpy(cand)])[0]
-        except Exception as exc:  # e.g. a shape beyond the program's planned upper bounds
-            raise UnavailableError(f"SRM {self.manifest.version}: ExecuTorch failed ({exc})") from None
-        return out.detach().numpy().astype(np.float32, copy=False).reshape(cand.shape)
+    def _run(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        return self._method.execute([self._torch.from_numpy(hist), self._torch.from_numpy(cand)])[0].detach().numpy()
 
 
 def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: str = "auto",
