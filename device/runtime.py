@@ -21,10 +21,10 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from shared.errors import (CatalogMismatchError, InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError,
-                           UnknownItemError)
+from shared.errors import CatalogMismatchError, InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
 from shared.manifest import MANIFEST_NAME, manifest_from_dict, manifest_to_dict, read_manifest, verify_artifact, write_manifest
 from shared.records import ModelFormat, ModelManifest, TensorSpec
+from shared.sequences import check_ids
 
 _ORT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32",
                "tensor(double)": "float64", "tensor(float16)": "float16"}
@@ -51,12 +51,8 @@ def check_inputs(histories: np.ndarray, candidates: np.ndarray, history_length: 
         raise InvalidArgumentError("histories", hist.shape, f"must be (B, {history_length}) int64")
     if cand.ndim != 2 or cand.shape[0] != hist.shape[0] or cand.shape[1] < 1:
         raise InvalidArgumentError("candidates", cand.shape, f"must be ({hist.shape[0]}, C >= 1) int64")
-    if hist.size and (hist.min() < 0 or hist.max() > num_items):
-        bad = int(hist[(hist < 0) | (hist > num_items)][0])
-        raise UnknownItemError("histories", bad, f"not an item id (catalogue is 1..{num_items}, 0 = padding)")
-    if cand.min() < 1 or cand.max() > num_items:
-        bad = int(cand[(cand < 1) | (cand > num_items)][0])
-        raise UnknownItemError("candidates", bad, f"not an item id (catalogue is 1..{num_items})")
+    check_ids("histories", hist, num_items, allow_padding=True)
+    check_ids("candidates", cand, num_items, allow_padding=False)
     return hist, cand
 
 

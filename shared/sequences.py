@@ -1,9 +1,11 @@
-"""Fixed-length history tensors: left-padded with 0, truncated from the old end (numpy only)."""
+"""Fixed-length history tensors (left-padded with 0, truncated from the old end) and id checks; numpy only."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+from shared.errors import UnknownItemError
 
 
 def pad_left(histories: Sequence[Sequence[int]], length: int) -> np.ndarray:
@@ -17,3 +19,13 @@ def pad_left(histories: Sequence[Sequence[int]], length: int) -> np.ndarray:
         if recent.size:
             out[row, length - recent.size:] = recent
     return out
+
+
+def check_ids(name: str, ids: np.ndarray, num_items: int, allow_padding: bool) -> None:
+    """Raise UnknownItemError for the first id outside the vocabulary (before any inference)."""
+    low = 0 if allow_padding else 1
+    bad = np.argwhere((ids < low) | (ids > num_items))
+    if bad.size:
+        where = tuple(int(i) for i in bad[0])
+        raise UnknownItemError(f"{name}{list(where)}", int(ids[where]),
+                               f"not an item id (catalogue is 1..{num_items})")

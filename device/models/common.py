@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.errors import InvalidArgumentError, UnknownItemError
-from shared.sequences import pad_left
+from shared.errors import InvalidArgumentError
+from shared.sequences import check_ids, pad_left
 
 NEG_INF = -1e9  # large negative instead of -inf: exported graphs and softmax stay finite
 
@@ -33,16 +33,6 @@ class SequentialRecommender(nn.Module):
             cands = items[start:start + chunk].unsqueeze(0).expand(batch, -1)
             parts.append(self.forward(history, cands))
         return torch.cat(parts, dim=1)
-
-
-def check_ids(name: str, ids: np.ndarray, num_items: int, allow_padding: bool) -> None:
-    """Raise UnknownItemError for the first id outside the vocabulary (before any inference)."""
-    low = 0 if allow_padding else 1
-    bad = np.argwhere((ids < low) | (ids > num_items))
-    if bad.size:
-        where = tuple(int(i) for i in bad[0])
-        raise UnknownItemError(f"{name}{list(where)}", int(ids[where]),
-                               f"not an item id (catalogue is 1..{num_items})")
 
 
 def make_inputs(histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]] | np.ndarray,
