@@ -22,6 +22,7 @@ class SASRecConfig:
     heads: int = 2
     inner: int = 256  # feed-forward width
     dropout: float = 0.2
+    scale_embeddings: bool = True  # item embeddings x sqrt(d) before positions are added (SASRec paper; RecBole: no)
 
     def __post_init__(self):
         check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
@@ -38,15 +39,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.hidden, config.hidden)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, d); allowed: (B, 1, T, T) bool, True where query t may look at key s
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int) -> torch.Tensor:
+        # x: (B, T, d); allowed: (B, 1, Q, T) bool, True where query q may look at key s. Only the last
+        # `queries` positions are computed as queries (all T are keys and values): (B, Q, d).
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)  # (B, H, T, T)
+        q = q[:, t - queries:]
+        q, k, v = (z.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)  # (B, H, Q, T)
         att = att.masked_fill(~allowed, NEG_INF).softmax(dim=-1)
-        y = self.drop(att) @ v  # (B, H, T, d/H)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        y = self.drop(att) @ v  # (B, H, Q, d/H)
+        return self.proj(y.transpose(1, 2).reshape(b, queries, d))
 
 
 class Block(nn.Module):
@@ -61,8 +64,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden, eps=1e-12)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, allowed)))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int) -> torch.Tensor:
+        """(B, T, d) -> (B, Q, d): the states of the last Q = `queries` positions."""
+        x = self.norm1(x[:, x.shape[1] - queries:] + self.drop(self.attn(x, allowed, queries)))
         return self.norm2(x + self.ff(x))
 
 
@@ -87,20 +91,28 @@ class SASRec(SequentialRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def encode(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, T) int64, 0 = padding (left) -> (B, T, d) causal states; position t has seen items <= t."""
+    def encode(self, history: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T) int64, 0 = padding (left) -> (B, T, d) causal states; position t has seen items <= t.
+
+        With `last_only`, (B, 1, d): the final block computes only the most recent position (the one
+        scoring needs), which skips most of its work; the result equals the last row of the full one.
+        """
         t = history.shape[1]
         keep = history > 0  # (B, T)
         positions = torch.arange(t, device=history.device) + (self.max_len - t)  # right-aligned slots
-        x = self.item_emb(history) * math.sqrt(self.config.hidden) + self.pos_emb(positions)
+        x = self.item_emb(history)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.hidden)
+        x = x + self.pos_emb(positions)
         x = self.drop(self.norm(x)) * keep.unsqueeze(-1)
         causal = torch.ones(t, t, dtype=torch.bool, device=history.device).tril()
         # Keys must be real items; the diagonal stays open so padded rows never attend to nothing.
         allowed = (causal & keep.unsqueeze(1)) | torch.eye(t, dtype=torch.bool, device=history.device)
         allowed = allowed.unsqueeze(1)  # (B, 1, T, T)
-        for block in self.blocks:
-            x = block(x, allowed)
-        return x * keep.unsqueeze(-1)
+        for i, block in enumerate(self.blocks):
+            queries = 1 if last_only and i == len(self.blocks) - 1 else x.shape[1]
+            x = block(x, allowed[:, :, t - queries:], queries)
+        return x * keep[:, t - x.shape[1]:].unsqueeze(-1)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Output embeddings are tied to the input ones: (…,) -> (…, d)."""
@@ -108,11 +120,11 @@ class SASRec(SequentialRecommender):
 
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
-        user = self.encode(history)[:, -1, :]  # (B, d): state after the most recent item
+        user = self.encode(history, last_only=True)[:, -1, :]  # (B, d): state after the most recent item
         return (self.item_vectors(candidates) * user.unsqueeze(1)).sum(-1)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """(B, N + 1) logits over the catalogue; column 0 (padding) is NEG_INF."""
-        scores = self.encode(history)[:, -1, :] @ self.item_emb.weight.T
+        scores = self.encode(history, last_only=True)[:, -1, :] @ self.item_emb.weight.T
         scores[:, 0] = NEG_INF
         return scores

@@ -71,6 +71,17 @@ def test_encode_is_causal(name):
     assert not torch.allclose(a[:, -1], b[:, -1], atol=1e-5)
 
 
+def test_sasrec_last_only_encoding_equals_the_full_one():
+    """Scoring computes only the newest position in the last block; it must equal the full pass."""
+    model = tiny("sasrec")
+    history, _ = batch(b=4)
+    history[0, :-1] = 0  # one row with a single real item
+    with torch.no_grad():
+        full, last = model.encode(history), model.encode(history, last_only=True)
+    assert last.shape == (4, 1, full.shape[-1])
+    assert torch.allclose(full[:, -1:], last, atol=1e-5)
+
+
 def test_long_histories_keep_the_most_recent_items():
     long = list(range(1, 31))
     history, cands = make_inputs([long, [5, 6]], [[1, 2], [3, 4]], max_len=T, num_items=N)
