@@ -24,6 +24,9 @@ from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
 PARITY_ATOL = 1e-4  # eager vs ONNX fp32 vs ExecuTorch, absolute, on the example inputs
 INT8_RTOL = 0.05  # int8 is checked against eager relative to the score range (it is lossy by design)
 FORMATS = ("onnx", "onnx-int8", "pte")
+# Opset 23 has a fused Attention op: SASRec's scaled_dot_product_attention becomes one node (about 10%
+# faster per call than opset 20's spelled-out attention, measured with onnxruntime 1.32 on one thread).
+ONNX_OPSET = 23
 
 
 class ExportError(LSC4RecError):
@@ -86,10 +89,10 @@ def _dynamic_shapes(config: ExportConfig, fmt: str):
 
 
 def write_onnx(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:
-    """Dynamo exporter (opset 20 here): dynamic batch and candidate axes, fixed history length."""
+    """Dynamo exporter at ONNX_OPSET: dynamic batch and candidate axes, fixed history length."""
     program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=["history", "candidates"],
                                 output_names=["scores"], dynamic_shapes=_dynamic_shapes(config, "onnx"),
-                                external_data=False, verbose=False)
+                                external_data=False, verbose=False, opset_version=ONNX_OPSET)
     program.save(str(path))
 
 
@@ -97,7 +100,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the weights (activations stay float) with onnxruntime."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    # Only matrix products and embedding lookups: onnxruntime 1.32 maps the standard (opset 23) Attention
+    # node to its contrib QAttention, which rejects that node's attributes.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])
 
 
 def write_pte(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from device.models.common import NEG_INF, SequentialRecommender
 from shared.config import check
@@ -37,7 +38,7 @@ class CausalSelfAttention(nn.Module):
         self.heads = config.heads
         self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
         self.proj = nn.Linear(config.hidden, config.hidden)
-        self.drop = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int) -> torch.Tensor:
         # x: (B, T, d); allowed: (B, 1, Q, T) bool, True where query q may look at key s. Only the last
@@ -46,9 +47,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(d, dim=2)
         q = q[:, t - queries:]
         q, k, v = (z.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)  # (B, H, Q, T)
-        att = att.masked_fill(~allowed, NEG_INF).softmax(dim=-1)
-        y = self.drop(att) @ v  # (B, H, Q, d/H)
+        # softmax(q k^T / sqrt(d/H) masked) v, with dropout on the weights; one fused op in eager torch and
+        # one Attention node in ONNX opset 23 (fewer, faster nodes than the spelled-out form).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, Q, d/H)
         return self.proj(y.transpose(1, 2).reshape(b, queries, d))
 
 
