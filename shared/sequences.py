@@ -24,6 +24,8 @@ def pad_left(histories: Sequence[Sequence[int]], length: int) -> np.ndarray:
 def check_ids(name: str, ids: np.ndarray, num_items: int, allow_padding: bool) -> None:
     """Raise UnknownItemError for the first id outside the vocabulary (before any inference)."""
     low = 0 if allow_padding else 1
+    if ids.size == 0 or (ids.min() >= low and ids.max() <= num_items):  # the common case: two reductions
+        return
     bad = np.argwhere((ids < low) | (ids > num_items))
     if bad.size:
         where = tuple(int(i) for i in bad[0])
