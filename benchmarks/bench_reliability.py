@@ -95,6 +95,7 @@ def overload(seconds: float, limit: int = 16, factor: int = 4, delay_ms: float =
     GIL does not dominate the latencies) against max_in_flight = limit, for `seconds`."""
     import multiprocessing
 
+    from benchmarks.bench_server import process_cpu_seconds
     from device.client import ClientConfig, CloudClient
     from shared.errors import LSC4RecError
     from shared.records import CandidateRequest
@@ -110,7 +111,7 @@ def overload(seconds: float, limit: int = 16, factor: int = 4, delay_ms: float =
             with CloudClient(ClientConfig(address=server.address, timeout_s=budget_s, max_attempts=1),
                              NUM_ITEMS) as probe_client:
                 prober = threading.Thread(target=_probe, args=(probe_client, stop_probe, probe, budget_s), daemon=True)
-                start = time.monotonic()
+                start, cpu = time.monotonic(), process_cpu_seconds(server.pid)
                 with multiprocessing.get_context("spawn").Pool(processes) as pool:
                     pause = (shed_pause_ms / 1000.0, 4 * shed_pause_ms / 1000.0)
                     result = pool.starmap_async(_load_process, [(server.address, n, seconds, budget_s, p, pause)
@@ -120,7 +121,7 @@ def overload(seconds: float, limit: int = 16, factor: int = 4, delay_ms: float =
                     parts = result.get(seconds * 10 + 120)
                 stop_probe.set()
                 prober.join(budget_s * 5)
-            held = time.monotonic() - start
+            held, cpu = time.monotonic() - start, process_cpu_seconds(server.pid) - cpu
             rows = [r for part in parts for r in part[0]]
             calls, attempts = sum(p[1] for p in parts), sum(p[2] for p in parts)
             after = collections.Counter()
@@ -139,7 +140,8 @@ def overload(seconds: float, limit: int = 16, factor: int = 4, delay_ms: float =
     shed = [s for code, s in rows if code == "RESOURCE_EXHAUSTED"]
     emit("reliability.overload", shed_pause_ms=[shed_pause_ms, 4 * shed_pause_ms], server_log_level=server_log_level, clients=clients, processes=processes, max_in_flight=limit, seconds=seconds,
          wall_s=round(held, 1), generator_delay_ms=delay_ms, budget_ms=budget_s * 1000,
-         requests_per_s=round(len(rows) / seconds, 1), codes=dict(codes), shed_latency=_ms(shed),
+         requests_per_s=round(len(rows) / seconds, 1), codes=dict(codes),
+         server_cpu_ms_per_call=round(1000.0 * cpu / max(len(rows) + len(probe), 1), 3), shed_latency=_ms(shed),
          accepted_latency=_ms(ok), probe_codes=dict(collections.Counter(c for c, _ in probe)),
          probe_shed_latency=_ms([t for c, t in probe if c == "RESOURCE_EXHAUSTED"]),
          probe_accepted_latency=_ms([t for c, t in probe if c == "OK"]), accepted_within_budget=sum(s <= budget_s for s in ok), retries=attempts - calls,

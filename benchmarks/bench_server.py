@@ -1,7 +1,8 @@
 """Load benchmark of the cloud server on loopback: simulated devices against a 5 ms stand-in and the real LLM.
 
 Figures (one JSON line each):
-  server_load       N concurrent devices for --seconds: requests/s, p50/p99, counts per status, lost
+  server_load       N concurrent devices for --seconds: requests/s, p50/p99, counts per status, lost, and the
+                    server's CPU ms per request (steadier than requests/s on a shared machine)
   server_batching   the real generator at --batch-clients concurrent clients, batch size 1 vs --max-batch
 The server runs in its own process (as in production); the devices are grpc.aio coroutines in this one.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import subprocess
@@ -116,6 +118,13 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process used so far (Linux /proc): per request, a figure that
+    machine load perturbs far less than requests/s."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServerProcess:
     """Start `serve` in a subprocess; wait for its port; SIGTERM it on exit."""
 
@@ -138,6 +147,9 @@ class ServerProcess:
         info = json.loads(self.port_file.read_text())
         self.address, self.metrics_port = f"127.0.0.1:{info['port']}", info["metrics_port"]
         return self
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
 
     def mean_batch(self) -> float:
         if self.metrics_port is None:
@@ -218,7 +230,12 @@ async def _load(address: str, devices: int, seconds: float, requests: list, time
 def run_load(server: ServerProcess, devices: int, seconds: float, requests: list, timeout_s: float) -> dict:
     warmup = min(2.0, seconds / 5)
     asyncio.run(_load(server.address, devices, warmup, requests, timeout_s, 10**6))
-    return asyncio.run(_load(server.address, devices, seconds, requests, timeout_s, 10**7))
+    cpu = server.cpu_seconds()
+    result = asyncio.run(_load(server.address, devices, seconds, requests, timeout_s, 10**7))
+    cpu = server.cpu_seconds() - cpu
+    result["server_cpu_ms_per_request"] = 1000.0 * cpu / max(result["requests"], 1)
+    result["server_cpu_cores"] = cpu / result["wall_s"]  # ~1 = the server is bound by its one GIL
+    return result
 
 
 # ---------------------------------------------------------------- figures
@@ -236,6 +253,7 @@ def stub_figure(args: argparse.Namespace) -> None:
          seconds=args.seconds, num_candidates=args.n, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
          timeout_s=args.timeout_s, server_exit_code=server.exit_code,
          bare_grpc_requests_per_s=yardstick["requests_per_s"], bare_grpc_p99_ms=yardstick["p99_ms"],
+         bare_grpc_server_cpu_ms_per_request=yardstick["server_cpu_ms_per_request"],
          ratio_to_bare=result["requests_per_s"] / max(yardstick["requests_per_s"], 1e-9),
          target="requests_per_s >= 1500, p99_ms <= 150, lost == 0", **result)
 

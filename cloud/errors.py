@@ -1,14 +1,15 @@
 """The one place where exceptions become gRPC status codes (DESIGN §5), and the servicer boundary."""
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import logging
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from shared.errors import InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
 
@@ -61,7 +62,7 @@ class CallLog(logging.LoggerAdapter):
         return f"[request_id={self.extra['request_id']}] {msg}", kwargs
 
 
-def request_id_of(context: grpc.ServicerContext, from_message: str = "") -> str:
+def request_id_of(context: grpc.aio.ServicerContext, from_message: str = "") -> str:
     """The message's request id, else the `x-request-id` metadata, else a fresh one."""
     if from_message:
         return from_message[:256]
@@ -71,6 +72,26 @@ def request_id_of(context: grpc.ServicerContext, from_message: str = "") -> str:
     return uuid.uuid4().hex
 
 
+class Malformed:
+    """A request whose bytes do not parse: the boundary answers it INVALID_ARGUMENT (gRPC alone says UNKNOWN)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgumentError):
+        self.error = error
+
+
+def lenient_parser(message_type) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: bytes that do not parse become a `Malformed`."""
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Malformed(InvalidArgumentError("request", f"<{len(data)} bytes>",
+                                                  f"not a valid {message_type.DESCRIPTOR.name} ({exc})"))
+    return parse
+
+
 class Observer:
     """What the boundary reports to (metrics); the default does nothing."""
 
@@ -78,41 +99,62 @@ class Observer:
         pass
 
 
-@contextlib.contextmanager
-def _mapped(servicer, context, method: str, rid: str, observer_attr: str):
-    """The one mapping point: any exception becomes its status code, is logged and observed, aborts the call."""
-    start = time.perf_counter()
-    observer = getattr(servicer, observer_attr)
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
-        code, message = _report(exc, method, rid)
-        observer.record(method, code, time.perf_counter() - start)
-        context.abort(code, f"{message} (request_id={rid})")
-    observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
+def _failed(exc: Exception, method: str, rid: str, observer, start: float) -> tuple[grpc.StatusCode, str]:
+    """The one mapping point: the status code and details for `exc`, logged and observed."""
+    code, message = _report(exc, method, rid)
+    observer.record(method, code, time.perf_counter() - start)
+    return code, f"{message} (request_id={rid})"
+
+
+def _gave_up(context, method: str, rid: str, observer, start: float) -> None:
+    """The call was cancelled under us (the client went away or its deadline passed first): count it, log it."""
+    remaining = context.time_remaining()  # None: the call had no deadline
+    expired = remaining is not None and remaining <= 0.0
+    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    observer.record(method, code, time.perf_counter() - start)
+    CallLog(log, {"request_id": rid}).info("%s -> %s: the call ended before its answer was ready", method, code.name)
 
 
 def rpc_boundary(method: str, observer_attr: str = "observer") -> Callable:
-    """Decorate a unary servicer method `(self, request, context, rid)`: map errors once, log, observe."""
+    """Decorate an async unary servicer method `(self, request, context, rid)`: map errors once, log, observe."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
-        def call(self, request, context):
+        async def call(self, request, context):
             rid = request_id_of(context, getattr(request, "request_id", ""))
-            with _mapped(self, context, method, rid, observer_attr):
-                response = fn(self, request, context, rid)
+            observer, start = getattr(self, observer_attr), time.perf_counter()
+            try:
+                if isinstance(request, Malformed):
+                    raise request.error
+                response = await fn(self, request, context, rid)
+            except asyncio.CancelledError:
+                _gave_up(context, method, rid, observer, start)
+                raise
+            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
+                await context.abort(*_failed(exc, method, rid, observer, start))
+            observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
             return response
         return call
     return wrap
 
 
 def stream_boundary(method: str, observer_attr: str = "observer") -> Callable:
-    """Same as rpc_boundary for a server-streaming method (a generator)."""
+    """Same as rpc_boundary for a server-streaming method (an async generator)."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
-        def call(self, request, context) -> Iterator:
+        async def call(self, request, context) -> AsyncIterator:
             rid = request_id_of(context)
-            with _mapped(self, context, method, rid, observer_attr):
-                yield from fn(self, request, context, rid)
+            observer, start = getattr(self, observer_attr), time.perf_counter()
+            try:
+                if isinstance(request, Malformed):
+                    raise request.error
+                async for item in fn(self, request, context, rid):
+                    yield item
+            except asyncio.CancelledError:
+                _gave_up(context, method, rid, observer, start)
+                raise
+            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
+                await context.abort(*_failed(exc, method, rid, observer, start))
+            observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
         return call
     return wrap
 

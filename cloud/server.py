@@ -1,16 +1,20 @@
-"""The cloud gRPC server: CandidateService + ModelService + health + reflection, with limits and auth."""
+"""The cloud gRPC server (grpc.aio): CandidateService + ModelService + health + reflection, with limits and auth.
+
+All RPCs run as coroutines on one event loop in a dedicated thread, so the public API stays synchronous
+(`create_server`, `CloudServer.stop` ...). Only the generator runs elsewhere: in the micro-batcher's thread.
+"""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import logging
 import math
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Awaitable, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,8 +29,8 @@ from shared.rpc import lsc4rec_pb2 as pb
 from shared.rpc import lsc4rec_pb2_grpc as pb_grpc
 
 from cloud.batcher import BatcherConfig, MicroBatcher
-from cloud.errors import (REQUEST_ID_KEY, AuthError, CallLog, OverloadedError, rpc_boundary, status_for,
-                          stream_boundary)
+from cloud.errors import (REQUEST_ID_KEY, AuthError, CallLog, OverloadedError, lenient_parser, rpc_boundary,
+                          status_for, stream_boundary)
 from cloud.metrics import ServerMetrics
 from cloud.registry import ModelRegistry
 
@@ -46,7 +50,7 @@ class ServerConfig:
     max_receive_bytes: int = 1 << 20  # largest request message; bigger is refused by gRPC (RESOURCE_EXHAUSTED)
     max_send_bytes: int = 4 << 20  # largest response message
     chunk_bytes: int = 64 << 10  # DownloadModel chunk size
-    workers: int = 0  # RPC threads; 0 = max_in_flight + 16 (room for health and model calls)
+    workers: int = 0  # RPCs of any kind served at once (gRPC's own limit); 0 = max_in_flight + 16
     grace_s: float = 10.0  # on shutdown, how long in-flight calls may take to finish
     max_call_s: float = 60.0  # deadline given to calls that carry none (or a longer one)
     generator_threads: int = 0  # torch intra-op threads of the LLM generator; 0 = torch's default
@@ -70,16 +74,20 @@ class ServerConfig:
 
     @property
     def threads(self) -> int:
+        """gRPC's limit on concurrent RPCs of all kinds: room for health and model calls beside max_in_flight."""
         return self.workers or self.max_in_flight + 16
 
 
 class CandidateServicer(pb_grpc.CandidateServiceServicer):
-    """GetCandidates: validate -> micro-batcher -> response. Refuses work while not ready or over the limit."""
+    """GetCandidates: validate -> micro-batcher -> response. Refuses work while not ready or over the limit.
+
+    Runs on the server's event loop only, so the in-flight count needs no lock and a call over the
+    limit is shed at once, before anything else is done for it.
+    """
 
     def __init__(self, config: ServerConfig, observer: ServerMetrics):
         self.config = config
         self.observer = observer
-        self._lock = threading.Lock()
         self._in_flight = 0
         self.generator: CandidateGenerator | None = None
         self.batcher: MicroBatcher | None = None
@@ -89,18 +97,16 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         return self._in_flight
 
     @rpc_boundary("GetCandidates")
-    def GetCandidates(self, request: pb.GetCandidatesRequest, context, rid: str) -> pb.GetCandidatesResponse:
-        with self._lock:
-            if self._in_flight >= self.config.max_in_flight:
-                raise OverloadedError(f"in-flight limit {self.config.max_in_flight} reached; retry later")
-            self._in_flight += 1
+    async def GetCandidates(self, request: pb.GetCandidatesRequest, context, rid: str) -> pb.GetCandidatesResponse:
+        if self._in_flight >= self.config.max_in_flight:
+            raise OverloadedError(f"in-flight limit {self.config.max_in_flight} reached; retry later")
+        self._in_flight += 1
         try:
-            return self._serve(request, context, rid)
+            return await self._serve(request, context, rid)
         finally:
-            with self._lock:
-                self._in_flight -= 1
+            self._in_flight -= 1
 
-    def _serve(self, request, context, rid: str) -> pb.GetCandidatesResponse:
+    async def _serve(self, request, context, rid: str) -> pb.GetCandidatesResponse:
         generator, batcher = self.generator, self.batcher
         if generator is None or batcher is None:
             raise UnavailableError("the generator is not loaded yet")
@@ -108,10 +114,10 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
                                    self.config.max_candidates)
         if req.request_id != rid:
             req = dataclasses.replace(req, request_id=rid)  # the batcher's log lines carry it too
-        remaining = context.time_remaining()  # no client deadline reads as ~infinite
+        remaining = context.time_remaining()  # None: the client set no deadline
         deadline = time.monotonic() + min(remaining if remaining is not None else math.inf, self.config.max_call_s)
         start = time.perf_counter()
-        candidates = batcher.generate(req, deadline)
+        candidates = await batcher.generate_async(req, deadline)
         ms = (time.perf_counter() - start) * 1000.0
         if log.isEnabledFor(logging.DEBUG):
             CallLog(log, {"request_id": rid}).debug("user %s: %d candidates in %.1f ms", req.user_id,
@@ -120,7 +126,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):
-    """Newest verified device artifact per format, and its bytes in chunks."""
+    """Newest verified device artifact per format, and its bytes in chunks (disk work off the event loop)."""
 
     def __init__(self, config: ServerConfig, registry: ModelRegistry, observer: ServerMetrics):
         self.config = config
@@ -128,42 +134,43 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         self.observer = observer
 
     @rpc_boundary("GetLatestManifest")
-    def GetLatestManifest(self, request: pb.GetLatestManifestRequest, context, rid: str):
-        published = self.registry.latest(wire.format_from_pb(request.format))
+    async def GetLatestManifest(self, request: pb.GetLatestManifestRequest, context, rid: str):
+        # A new folder is verified (sha256 of the whole file) on first sight: not on the loop.
+        published = await asyncio.to_thread(self.registry.latest, wire.format_from_pb(request.format))
         version = published.manifest.version
         return pb.GetLatestManifestResponse(manifest=wire.manifest_to_pb(published.manifest),
                                             update_available=version != request.current_version)
 
     @stream_boundary("DownloadModel")
-    def DownloadModel(self, request: pb.DownloadModelRequest, context, rid: str) -> Iterator[pb.ModelChunk]:
+    async def DownloadModel(self, request: pb.DownloadModelRequest, context, rid: str) -> AsyncIterator[pb.ModelChunk]:
         if not request.version:
             raise InvalidArgumentError("version", request.version, "must not be empty")
-        published = self.registry.find(request.version, wire.format_from_pb(request.format))
+        published = await asyncio.to_thread(self.registry.find, request.version, wire.format_from_pb(request.format))
         manifest = published.manifest
         with open(published.path, "rb") as handle:
             offset = 0
-            while data := handle.read(self.config.chunk_bytes):
+            while data := await asyncio.to_thread(handle.read, self.config.chunk_bytes):
                 first = offset == 0
                 yield pb.ModelChunk(offset=offset, data=data, sha256=manifest.sha256 if first else "",
                                     total_size=manifest.size_bytes if first else 0)
                 offset += len(data)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call except health checks."""
 
     def __init__(self, token: str, observer: ServerMetrics):
         self._expected = f"Bearer {token}".encode()
         self._observer = observer
 
-    def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation, details):
         if details.method.startswith(HEALTH_EXEMPT):
-            return continuation(details)
+            return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
         given = str(metadata.get("authorization", "")).encode()
         if hmac.compare_digest(given, self._expected):
-            return continuation(details)
-        handler = continuation(details)
+            return await continuation(details)
+        handler = await continuation(details)
         if handler is None:
             return None
         rid = str(metadata.get(REQUEST_ID_KEY, "-"))
@@ -172,16 +179,62 @@ class TokenInterceptor(grpc.ServerInterceptor):
         CallLog(log, {"request_id": rid}).info("%s -> %s: %s", method, code.name, message)
         self._observer.record(method, code, 0.0)
 
-        def deny(request, context):
-            context.abort(code, f"{message} (request_id={rid})")
+        async def deny(request, context):
+            await context.abort(code, f"{message} (request_id={rid})")
 
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
+def _add_service(server: grpc.aio.Server, name: str, servicer) -> None:
+    """Register a service of lsc4rec.proto like the generated add_*_to_server, but with lenient request parsing
+    (so malformed bytes reach the boundary, which answers INVALID_ARGUMENT with a request id)."""
+    service = pb.DESCRIPTOR.services_by_name[name]
+    handlers = {}
+    for method in service.methods:
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(getattr(servicer, method.name),
+                                     request_deserializer=lenient_parser(getattr(pb, method.input_type.name)),
+                                     response_serializer=getattr(pb, method.output_type.name).SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An asyncio event loop running in its own daemon thread; synchronous code hands it coroutines."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        """Run `coro` on the loop and wait for its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        """Cancel what is left on the loop, stop it and join its thread."""
+        async def cancel_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+            await self.loop.shutdown_default_executor()  # the threads of asyncio.to_thread
+
+        if self.loop.is_running():
+            self.run(cancel_rest(), timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
 class CloudServer:
-    """A started grpc server plus its health, metrics and generator slot."""
+    """A started grpc.aio server (its event loop in a thread of its own) plus its health, metrics and generator slot."""
 
     def __init__(self, config: ServerConfig, models_dir: str | Path | None, address: str,
                  token: str | None = None, tls: tuple[bytes, bytes] | None = None,
@@ -191,29 +244,38 @@ class CloudServer:
         self.registry = ModelRegistry(models_dir)
         self.candidates = CandidateServicer(config, self.metrics)
         self.models = ModelServicer(config, self.registry, self.metrics)
-        self.health = health.HealthServicer()
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._batches = 0
+        self.draining = False
+        self._stopping, self._stop_lock, self._stopped = False, threading.Lock(), threading.Event()
+        self._loop = _LoopThread("grpc-aio")
+        try:
+            self.port = self._loop.run(self._build(address, token, tls, tls_client_ca))
+        except BaseException:
+            self._loop.close()
+            raise
+        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        self.metrics.bind(self._queue_depth, lambda: self.candidates.in_flight)
+
+    async def _build(self, address: str, token: str | None, tls: tuple[bytes, bytes] | None,
+                     client_ca: bytes | None) -> int:
+        """On the loop: the aio server and its services (grpc.aio objects belong to the loop that made them)."""
+        self.health = health.aio.HealthServicer()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         interceptors = [TokenInterceptor(token, self.metrics)] if token else []
-        self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-            interceptors=interceptors, maximum_concurrent_rpcs=config.threads,
-            options=[("grpc.max_receive_message_length", config.max_receive_bytes),
-                     ("grpc.max_send_message_length", config.max_send_bytes),
+        self.grpc = grpc.aio.server(
+            interceptors=interceptors, maximum_concurrent_rpcs=self.config.threads,
+            options=[("grpc.max_receive_message_length", self.config.max_receive_bytes),
+                     ("grpc.max_send_message_length", self.config.max_send_bytes),
                      ("grpc.so_reuseport", 0),
                      # Devices send keepalive pings (device.client) to notice dead links; accept them.
                      ("grpc.keepalive_permit_without_calls", 1),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                      ("grpc.http2.max_ping_strikes", 0)])
-        pb_grpc.add_CandidateServiceServicer_to_server(self.candidates, self.grpc)
-        pb_grpc.add_ModelServiceServicer_to_server(self.models, self.grpc)
+        _add_service(self.grpc, "CandidateService", self.candidates)
+        _add_service(self.grpc, "ModelService", self.models)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
-        self.port = self._bind(address, tls, tls_client_ca)
-        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
-        self.metrics.bind(self._queue_depth, lambda: self.candidates.in_flight)
-        self.draining = False
+        return self._bind(address, tls, client_ca)
 
     def _bind(self, address: str, tls: tuple[bytes, bytes] | None, client_ca: bytes | None) -> int:
         try:
@@ -234,12 +296,12 @@ class CloudServer:
         batcher = self.candidates.batcher
         return batcher.queue_depth if batcher is not None else 0
 
-    def _set_health(self, status) -> None:
+    async def _set_health(self, status) -> None:
         for name in ("",) + SERVICE_NAMES:
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
     def start(self) -> "CloudServer":
-        self.grpc.start()
+        self._loop.run(self.grpc.start())
         log.info("listening on %s (models: %s)", self.address, self.registry.versions() or "none")
         return self
 
@@ -248,26 +310,37 @@ class CloudServer:
         _warm_up(generator)
         batcher = MicroBatcher(generator, self.config.batch, on_batch=self.metrics.observe_batch).start()
         self.candidates.generator, self.candidates.batcher = generator, batcher
-        if not self.draining:
-            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        with self._stop_lock:
+            if not self._stopping:  # (the health servicer would ignore it after a drain began anyway)
+                self._loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
         log.info("generator %s ready (%d items, batch <= %d, wait <= %.1f ms); models %s; serving on %s",
                  generator.version, generator.num_items, self.config.batch.max_batch_size,
                  self.config.batch.max_wait_ms, self.registry.versions() or "none", self.address)
 
     def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
-        self.draining = True
-        self.health.enter_graceful_shutdown()
+        with self._stop_lock:
+            first, self._stopping = not self._stopping, True
+        if not first:  # a second caller waits for the first one's drain
+            self._stopped.wait()
+            return
         grace = self.config.grace_s if grace is None else grace
-        log.info("draining (grace %.1f s, %d in flight)", grace, self.candidates.in_flight)
-        self.grpc.stop(grace).wait()
-        if self.candidates.batcher is not None:
-            self.candidates.batcher.stop()
-        self.metrics.close()
+        try:
+            self._loop.run(self.health.enter_graceful_shutdown())
+            self.draining = True  # set once health reports NOT_SERVING
+            log.info("draining (grace %.1f s, %d in flight)", grace, self.candidates.in_flight)
+            self._loop.run(self.grpc.stop(grace), timeout=grace + 30)
+        finally:
+            if self.candidates.batcher is not None:
+                self.candidates.batcher.stop()
+            self._loop.close()
+            self.metrics.close()
+            self._stopped.set()
         log.info("stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self.grpc.wait_for_termination(timeout)
+        """Block until stopped; True if `timeout` passed first (as grpc's wait_for_termination)."""
+        return not self._stopped.wait(timeout)
 
 
 def _warm_up(generator: CandidateGenerator) -> None:

@@ -173,6 +173,57 @@ def test_deadline_exceeded_and_expired_request_dropped_from_batch():
         server.stop(0)
 
 
+def test_cancelled_and_late_calls_are_counted_and_never_computed():
+    gen = GatedGenerator()
+    config = ServerConfig(address="127.0.0.1:0", grace_s=1.0, batch=BatcherConfig(max_batch_size=1))
+    server, port = start(gen, config=config)
+    try:
+        stub = pb_grpc.CandidateServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        gen.gate.clear()
+        gen.entered.clear()
+        held = stub.GetCandidates.future(request(), timeout=10)  # occupies the generator
+        assert gen.entered.wait(5)
+        calls_before = len(gen.batches)
+        assert call_code(stub.GetCandidates, request(history=(4,)), timeout=0.3) == CODE.DEADLINE_EXCEEDED
+        _until(lambda: server.candidates.in_flight == 1)  # the late call has ended on the server too
+        gone = stub.GetCandidates.future(request(history=(5,)), timeout=10)
+        _until(lambda: server.candidates.in_flight == 2)  # the held call and this one
+        gone.cancel()  # the device gives up: the server's task is cancelled, its queued request dropped
+        _until(lambda: server.metrics.count("GetCandidates", "CANCELLED") == 1)
+        gen.gate.set()
+        assert len(held.result().candidates) == 5
+        _until(lambda: server.candidates.batcher.dropped == 2)
+        assert len(gen.batches) == calls_before + 1  # only the held call reached the generator
+        assert server.metrics.count("GetCandidates", "DEADLINE_EXCEEDED") == 1
+        assert server.candidates.in_flight == 0
+    finally:
+        gen.gate.set()
+        server.stop(0)
+
+
+def test_stop_is_idempotent_and_leaves_no_thread_behind():
+    before = set(threading.enumerate())
+    server, port = start(PopularityGenerator(np.arange(NUM_ITEMS + 1)))
+    stub = pb_grpc.CandidateServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    assert len(stub.GetCandidates(request(), timeout=5).candidates) == 5
+    assert server.wait(0.01) is True  # still serving: the wait timed out
+    stoppers = [threading.Thread(target=server.stop, args=(1.0,)) for _ in range(2)]
+    for t in stoppers:
+        t.start()
+    for t in stoppers:
+        t.join(15)
+    server.stop(0)  # a third time, after the fact: returns at once
+    assert server.wait(0) is False and server.draining
+    _until(lambda: not [t for t in set(threading.enumerate()) - before if t.name in ("grpc-aio", "micro-batcher")])
+
+
+def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
 def test_unauthenticated_without_or_with_wrong_token_health_exempt():
     server, port = start(PopularityGenerator(np.arange(NUM_ITEMS + 1)), token="s3cret")
     try:
@@ -230,7 +281,10 @@ def test_oversize_unknown_method_and_malformed_bytes_leave_server_healthy(served
     assert call_code(unknown, b"") == CODE.UNIMPLEMENTED
     raw = channel.unary_unary("/lsc4rec.v1.CandidateService/GetCandidates")  # bytes in, bytes out
     for junk in (b"\xff\xff\xff", b"\x0a\xff", bytes(range(256)), b"\x12\x03\x01\x02"):
-        assert call_code(raw, junk) in (CODE.INTERNAL, CODE.INVALID_ARGUMENT)
+        with pytest.raises(grpc.RpcError) as err:  # decided by cloud.errors, not gRPC's UNKNOWN
+            raw(junk, timeout=5)
+        assert err.value.code() == CODE.INVALID_ARGUMENT
+        assert "not a valid GetCandidatesRequest" in err.value.details() and "request_id=" in err.value.details()
     assert call_code(stub.GetCandidates, request()) == CODE.OK
     assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
 

@@ -1,6 +1,7 @@
 """Micro-batcher: concurrent requests share one generate call; late ones are dropped; errors stay per row."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -35,6 +36,19 @@ def test_concurrent_requests_share_one_generate_call():
     assert sizes == [1, 8, 2]
     assert [c.item for c in results[1]] == [50, 49, 48]
     assert all(3 not in [c.item for c in r] for r in results[1:2])
+
+
+def test_a_request_arriving_within_the_wait_joins_the_first_ones_batch():
+    gen = GatedGenerator()
+    batcher = MicroBatcher(gen, BatcherConfig(max_batch_size=8, max_wait_ms=1000)).start()
+    try:
+        first = batcher.submit(req())  # the worker was idle: it waits up to 1 s for company
+        time.sleep(0.05)
+        second = batcher.submit(req(history=(4,)))
+        assert len(first.result(5)) == 3 and len(second.result(5)) == 3
+    finally:
+        batcher.stop()
+    assert gen.batches == [2]
 
 
 def test_different_n_are_separate_calls_and_each_gets_its_own_length():
@@ -101,6 +115,34 @@ def test_stop_finishes_queued_work_then_refuses():
     assert all(len(f.result(0)) == 3 for f in futures)
     with pytest.raises(UnavailableError):
         batcher.submit(req())
+
+
+def test_generate_async_awaits_the_worker_and_drops_late_or_abandoned_requests():
+    gen = GatedGenerator()
+    batcher = MicroBatcher(gen, BatcherConfig(max_batch_size=1, max_wait_ms=0)).start()
+
+    async def scenario():
+        gen.gate.clear()
+        blocker = asyncio.ensure_future(batcher.generate_async(req()))  # occupies the generator
+        await asyncio.get_running_loop().run_in_executor(None, gen.entered.wait, 5)
+        with pytest.raises(DeadlineError):  # the deadline passes while it is queued
+            await batcher.generate_async(req(history=(7,)), deadline=time.monotonic() + 0.05)
+        abandoned = asyncio.ensure_future(batcher.generate_async(req(history=(8,))))
+        await asyncio.sleep(0.05)
+        abandoned.cancel()  # the call went away: the task's cancellation reaches the queued request
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        gen.gate.set()
+        return await blocker, await batcher.generate_async(req(history=(9,)), deadline=time.monotonic() + 5)
+
+    try:
+        first, last = asyncio.run(scenario())
+    finally:
+        gen.gate.set()
+        batcher.stop()
+    assert [c.item for c in first] == [50, 49, 48] and len(last) == 3
+    assert batcher.dropped == 2
+    assert gen.batches == [1, 1]  # neither the late nor the abandoned request reached the generator
 
 
 def test_config_is_checked():
