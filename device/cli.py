@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from device.consistency import CATALOGUE_MEASURES, MEASURES
 from shared.cli import add_json_flag, emit, handler
 from shared.errors import DataFormatError
 
 DEFAULT_MODEL = Path("runs/srm-sasrec/export/onnx")
+MEASURE_CHOICES = MEASURES + CATALOGUE_MEASURES
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -35,6 +37,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     run.add_argument("--fusion", default="reference", choices=("reference", "linear", "llm", "srm"),
                      help="fusion rule (default reference: -(j+1)/L + (p_j - 0.5))")
     run.add_argument("--alpha", type=float, default=0.5, help="LLM weight of the linear fusion rule (default 0.5)")
+    run.add_argument("--measure", default="lsc4rec", choices=MEASURE_CHOICES,
+                     help="score the request policy thresholds: an order inconsistency between the SRM and the "
+                          "LLM over the cached list (lsc4rec = the reference footrule + consumed-slot penalty), "
+                          "or regret = how much of the SRM's top-K over the whole catalogue the list lacks "
+                          "(default lsc4rec)")
     run.add_argument("--backend", default="auto", choices=("auto", "onnx", "executorch"),
                      help="runtime backend (default: by the artifact's format)")
     run.add_argument("--vocab-hash", default=None, help="refuse a model made for another catalogue")
@@ -58,6 +65,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     bench.add_argument("--history", type=int, default=100, help="length of the user's history before timing (default 100)")
     bench.add_argument("--policy", default="budget:0.1", help="request policy (default budget:0.1)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream (default 0)")
+    bench.add_argument("--measure", default="lsc4rec", choices=MEASURE_CHOICES,
+                       help="consistency measure timed with each event (regret scores the whole catalogue)")
     add_json_flag(bench)
     bench.set_defaults(func=handler("device.cli", "bench_main"))
 
@@ -91,7 +100,7 @@ def run_main(args: argparse.Namespace) -> int:
     holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
                          args.updates_dir or args.model.parent / "updates", backend=args.backend)
     config = SessionConfig(user_id=args.user, slate_size=args.slate_size, num_candidates=args.num_candidates,
-                           fusion=FusionConfig(rule=args.fusion, alpha=args.alpha))
+                           fusion=FusionConfig(rule=args.fusion, alpha=args.alpha), measure=args.measure)
     with CloudClient(ClientConfig(address=args.server, timeout_s=args.timeout, token=args.token),
                      num_items=holder.manifest.num_items) as client:
         if args.check_update:
@@ -131,7 +140,7 @@ def _show(row: dict, as_json: bool) -> None:
 
 
 def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, history: int = 100,
-                  policy: str = "budget:0.1", seed: int = 0) -> dict:
+                  policy: str = "budget:0.1", seed: int = 0, measure: str = "lsc4rec") -> dict:
     """Per-event latency (µs) of on_event with no network, its parts, and this process's memory.
 
     "event": the whole on_event (SRM re-rank of N candidates + fusion + consistency + policy);
@@ -145,9 +154,9 @@ def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, his
     if reranker.manifest.num_items < 2 * num_candidates + history + 400:
         raise DataFormatError(model, 0, "num_items", f"catalogue of {reranker.manifest.num_items} is too small")
     event_us, event_cpu_us, wanted = _time_events(reranker, parse_policy(policy, seed), events, num_candidates,
-                                                  history, seed)
-    overhead_us, overhead_cpu_us, _ = _time_events(_FreeReranker(reranker), parse_policy(policy, seed), events, num_candidates,
-                                  history, seed)
+                                                  history, seed, measure)
+    overhead_us, overhead_cpu_us, _ = _time_events(_FreeReranker(reranker), parse_policy(policy, seed), events,
+                                                   num_candidates, history, seed, measure)
     hist = np.arange(1, reranker.history_length + 1, dtype=np.int64)[None]
     cands = np.arange(1, num_candidates + 1, dtype=np.int64)[None]
     srm_us = []
@@ -156,6 +165,7 @@ def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, his
         reranker.score(hist, cands)
         srm_us.append((time.perf_counter() - start) * 1e6)
     figures = {"events": events, "num_candidates": num_candidates, "request_rate": wanted / events, "policy": policy,
+               "measure": measure,
                "model": reranker.manifest.model_name, "model_version": reranker.manifest.version,
                "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb(), "torch_loaded": "torch" in sys.modules,
                "onnxruntime": getattr(sys.modules.get("onnxruntime"), "__version__", None)}
@@ -179,7 +189,7 @@ class _FreeReranker:
 
 
 def _time_events(reranker, policy, events: int, num_candidates: int, history: int,
-                 seed: int) -> tuple[list, list, int]:
+                 seed: int, measure: str = "lsc4rec") -> tuple[list, list, int]:
     """on_event wall and thread-CPU times (µs, after 200 warm-up events); how many decisions asked for a list.
 
     onnxruntime with one intra-op thread runs in the calling thread, so the CPU time is the work itself,
@@ -199,7 +209,8 @@ def _time_events(reranker, policy, events: int, num_candidates: int, history: in
     for n in range(events + 200):
         if n % 400 == 0:
             past = [int(i) for i in rng.choice(catalogue, history, replace=False)]
-            session = DeviceSession(SessionConfig(user_id=f"bench-{n}", num_candidates=num_candidates), reranker,
+            session = DeviceSession(SessionConfig(user_id=f"bench-{n}", num_candidates=num_candidates,
+                                                  measure=measure), reranker,
                                     policy, lambda: 0.0, history=tuple(past), candidates=fresh(past))
         shown = set(session.slate().items)
         item = int(rng.integers(1, catalogue.size + 1))
@@ -236,7 +247,8 @@ def _peak_rss_mb() -> float:
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    figures = bench_figures(args.model, args.events, args.num_candidates, args.history, args.policy, args.seed)
+    figures = bench_figures(args.model, args.events, args.num_candidates, args.history, args.policy, args.seed,
+                            args.measure)
     figures["seed"] = args.seed
     emit(figures, args.json, title="device bench (per event, no network)")
     return 0

@@ -119,6 +119,45 @@ def _rbo(pos: np.ndarray, p: float) -> float:
 
 
 MEASURES = ("lsc4rec", "footrule", "kendall", "overlap", "rbo")
+#: Measures that need the SRM's scores of the whole catalogue, not only of the cached list.
+CATALOGUE_MEASURES = ("regret",)
+
+
+def catalogue_regret(catalogue_logits: np.ndarray, pool: np.ndarray, excluded: np.ndarray, k: int = 10) -> float:
+    """How much the cached list misses of what the SRM now believes the user wants, in [0, 1].
+
+    `catalogue_logits` (V,) are the SRM's logits of every item id (index = id; id 0 is padding and
+    ignored); `pool` the ids still showable from the cached list; `excluded` the ids never to be shown
+    (consumed). With p = softmax of the logits over the showable catalogue, the regret is
+    (mass of the k most probable catalogue items) - (mass of the k most probable pool items):
+    0 when the list holds the SRM's whole top-k, near 1 when the SRM puts its belief outside the list.
+    Unlike the order measures above it sees what a fresh list could bring, not only how the two
+    models order the stale one.
+    """
+    logits = np.asarray(catalogue_logits, dtype=np.float64)
+    if logits.ndim != 1 or logits.size < 2:
+        raise InvalidArgumentError("catalogue_logits", logits.shape, "must be 1-D over item ids 0..V-1")
+    if k < 1:
+        raise InvalidArgumentError("k", k, "must be >= 1")
+    pool = np.asarray(pool, dtype=np.int64)
+    excluded = np.asarray(excluded, dtype=np.int64)
+    for name, ids in (("pool", pool), ("excluded", excluded)):
+        if ids.size and (ids.min() < 1 or ids.max() >= logits.size):
+            raise InvalidArgumentError(name, ids.tolist(), f"ids must be in 1..{logits.size - 1}")
+    showable = np.ones(logits.size, dtype=bool)
+    showable[0] = False
+    showable[excluded] = False
+    if not showable.any():
+        return 0.0
+    x = np.where(showable, logits, -np.inf)
+    if not np.isfinite(x[showable]).all():
+        raise InvalidArgumentError("catalogue_logits", "non-finite", "logits of showable items must be finite")
+    p = np.exp(x - x[showable].max())
+    p /= p.sum()
+    pool = pool[showable[pool]]
+    top_catalogue = np.sort(p)[-k:].sum()
+    top_pool = np.sort(p[pool])[-k:].sum() if pool.size else 0.0
+    return float(max(top_catalogue - top_pool, 0.0))
 
 
 def inconsistency(measure: str, llm_order: np.ndarray, srm_order: np.ndarray, num_invalid: int = 0,

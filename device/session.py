@@ -52,7 +52,7 @@ class SessionConfig:
     user_id: str = "user"
     slate_size: int = 10  # K
     num_candidates: int = 50  # N asked from the cloud (the list length L of the fusion rule)
-    measure: str = "lsc4rec"  # consistency measure, see device.consistency.MEASURES
+    measure: str = "lsc4rec"  # consistency measure: device.consistency.MEASURES or CATALOGUE_MEASURES
     overlap_k: int = 10  # k of the "overlap" measure
     max_request_history: int = 200  # most recent items sent with a request
     backoff_initial_ms: float = 1000.0
@@ -63,8 +63,8 @@ class SessionConfig:
         check(bool(self.user_id), "user_id", self.user_id, "must not be empty")
         check(self.slate_size >= 1, "slate_size", self.slate_size, "must be >= 1")
         check(self.num_candidates >= self.slate_size, "num_candidates", self.num_candidates, "must be >= slate_size")
-        check(self.measure in consistency.MEASURES, "measure", self.measure,
-              f"must be one of {', '.join(consistency.MEASURES)}")
+        measures = consistency.MEASURES + consistency.CATALOGUE_MEASURES
+        check(self.measure in measures, "measure", self.measure, f"must be one of {', '.join(measures)}")
         check(self.max_request_history >= 1, "max_request_history", self.max_request_history, "must be >= 1")
         check(0 < self.backoff_initial_ms <= self.backoff_max_ms, "backoff_initial_ms", self.backoff_initial_ms,
               "must be > 0 and <= backoff_max_ms")
@@ -101,6 +101,9 @@ class DeviceSession:
                  candidates: CandidateResponse | None = None):
         self.config, self.reranker, self.policy, self.now_ms, self.source = config, reranker, policy, now_ms, source
         self.num_items = reranker.manifest.num_items
+        # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
+        self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
+                           if config.measure in consistency.CATALOGUE_MEASURES else None)
         self.history: list[int] = list(self._check_items("history", history))
         self._consumed = set(self.history)
         self.event_index = 0
@@ -235,7 +238,9 @@ class DeviceSession:
             self._slate = Slate((), (), self._stale, "empty", self._generator_version, self.reranker.manifest.version)
             return
         items, llm = self._items[slots], self._llm_scores[slots]
-        logits = self._srm_logits(items)
+        everything = None if self._catalogue is None else self._srm_logits(self._catalogue)  # (N,): item i at i - 1
+        logits = self._srm_logits(items) if self._catalogue is None else (
+            None if everything is None else everything[items - 1])
         k = self.config.slate_size
         if logits is None:  # the model could not score: fall back to the LLM's order
             self.last_score = math.nan
@@ -245,9 +250,13 @@ class DeviceSession:
             return
         fused = fuse_trusted(self.config.fusion, llm, logits, positions=slots, length=self._items.size)
         order = np.argsort(-fused, kind="stable")[:k]  # ties keep the LLM order
-        self.last_score = consistency.inconsistency_of_permutation(
-            self.config.measure, srm_order(logits),
-            num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
+        if everything is None:
+            self.last_score = consistency.inconsistency_of_permutation(
+                self.config.measure, srm_order(logits),
+                num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
+        else:  # "regret": what the SRM now wants from the whole catalogue that the cached list lacks
+            self.last_score = consistency.catalogue_regret(
+                np.concatenate([[0.0], everything]), items, np.fromiter(self._consumed, dtype=np.int64), k)
         self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
                             self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from device.consistency import CATALOGUE_MEASURES, MEASURES
 from shared.config import check, load_config
 from shared.errors import ConfigError
 
@@ -74,6 +75,15 @@ class SimConfig:
     alpha: float = 0.5  # fusion weight of the LLM side
     srm_norm: Literal["sigmoid", "rank"] = "sigmoid"  # how SRM scores are normalised for fusion
     threshold: float = 30.0  # the fixed threshold of the plain "consistency" policy
+    # Inconsistency score of the consistency policies: an order measure of device.consistency.MEASURES
+    # (lsc4rec = the reference's footrule + (4 + 0.3 Z)^2), or "regret" (catalogue_regret: the SRM's
+    # top-K belief over the whole catalogue that the cached list misses).
+    measure: str = "lsc4rec"
+    # consistency-budget: "threshold" = one threshold per budget from the calibration replay;
+    # "adaptive" = device.policy.Budget shared by the fleet, warm-started with the calibration replay's
+    # scores and steered online to the budget (its realised rate follows the budget when the stream's
+    # scores drift from the calibration's).
+    budget_mode: Literal["threshold", "adaptive"] = "threshold"
     matched_random: bool = True  # add random requests at each consistency run's realised rate
     # Policies without randomness give the same slates for every seed when the network drops nothing:
     # run them for the first seed only (random policies still run for every seed).
@@ -106,6 +116,10 @@ class SimConfig:
             check(0 < b <= 1, "budgets", b, "a request budget is a rate in (0, 1]")
         check(len(self.seeds) >= 1, "seeds", self.seeds, "give at least one seed")
         check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
+        known = MEASURES + CATALOGUE_MEASURES
+        check(self.measure in known, "measure", self.measure, f"unknown measure (known: {', '.join(known)})")
+        check(self.budget_mode == "threshold" or all(b < 1 for b in self.budgets), "budgets", self.budgets,
+              "an adaptive budget is a rate in (0, 1)")
         check(self.calibration_iters >= 1, "calibration_iters", self.calibration_iters, "must be >= 1")
         check(self.calibration_users >= 0, "calibration_users", self.calibration_users, "must be >= 0 (0 = all)")
         check(self.ray_workers >= 1, "ray_workers", self.ray_workers, "must be >= 1")

@@ -12,17 +12,25 @@ from shared.sequences import pad_left
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A request policy of the grid: never, always, every-n (n), random (rate), consistency (threshold)."""
+    """A request policy of the grid: never, always, every-n (n), random (rate), consistency (threshold),
+    budget (the top `rate` fraction of scores, steered online to the rate; `calibration` warm-starts it)."""
 
     name: str
     rate: float = 0.0
     n: int = 1
     threshold: float = float("inf")
     seed: int = 0
+    calibration: tuple[float, ...] = ()
+
+    @property
+    def fleet_state(self) -> bool:
+        """The policy object is shared and stateful (decisions depend on other devices' earlier events)."""
+        return self.name == "budget"
 
     def label(self) -> str:
         return {"every-n": f"every-{self.n}", "random": f"random@{self.rate:.3f}",
-                "consistency": f"consistency>={self.threshold:.3f}"}.get(self.name, self.name)
+                "consistency": f"consistency>={self.threshold:.3f}",
+                "budget": f"budget@{self.rate:.3f}"}.get(self.name, self.name)
 
     def build(self):
         """The device runtime's policy object (stateless ones may be shared by every session)."""
@@ -38,6 +46,8 @@ class PolicySpec:
             return p.RandomRate(min(max(self.rate, 0.0), 1.0), self.seed)
         if self.name == "consistency":
             return p.Threshold(self.threshold) if np.isfinite(self.threshold) else p.Never()
+        if self.name == "budget":  # ONE stateful policy shared by the fleet (see device.policy.Budget)
+            return p.Budget(self.rate, self.calibration or None, adapt=True, seed=self.seed)
         raise InvalidArgumentError("policy", self.name, "unknown policy")
 
 
@@ -128,13 +138,13 @@ def fusion_config(fusion: str, alpha: float, srm_norm: str):
 
 
 def make_session(user: int, past: np.ndarray, initial, reranker: MemoReranker, policy, fusion, slate_size: int,
-                 num_candidates: int, now_ms: Callable[[], float]):
+                 num_candidates: int, now_ms: Callable[[], float], measure: str = "lsc4rec"):
     """One user's DeviceSession in driven mode (no source: the simulator answers its requests)."""
     from device.session import DeviceSession, SessionConfig
     from simulator.engine import MAX_REQUEST_HISTORY
 
     config = SessionConfig(user_id=str(int(user)), slate_size=slate_size, num_candidates=num_candidates,
                            fusion=fusion, backoff_initial_ms=1000.0, backoff_max_ms=60000.0,
-                           max_request_history=MAX_REQUEST_HISTORY)
-    return DeviceSession(config, reranker, policy, now_ms, source=None,
-                         history=tuple(int(i) for i in past), candidates=initial)
+                           max_request_history=MAX_REQUEST_HISTORY, measure=measure, overlap_k=slate_size)
+    return DeviceSession(config, reranker, policy, now_ms, source=None, history=tuple(int(i) for i in past),
+                         candidates=initial)

@@ -106,12 +106,12 @@ class Replay:
                  slate_size: int, alpha: float = 0.5, srm_norm: str = "sigmoid",
                  network: NetworkModel | None = None, deliver: str = "next-step",
                  retrain: tuple[int, Callable] | None = None, progress: bool = True,
-                 span: tuple[float, float] | None = None, num_items: int = 0):
+                 span: tuple[float, float] | None = None, num_items: int = 0, measure: str = "lsc4rec"):
         self.s, self.source, self.reranker = streams, source, reranker
         self.n, self.k, self.alpha, self.srm_norm = num_candidates, slate_size, alpha, srm_norm
         self.network, self.deliver, self.retrain, self.progress = network, deliver, retrain, progress
         self.span = span or streams.span
-        self.num_items = num_items
+        self.num_items, self.measure = num_items, measure
         self.unsent: list[tuple[int, _Pending]] = []  # delivered requests not yet sent to the cloud
         self.updates: list[dict] = []  # model versions published during the last run
         self.clock_ms = 0.0  # the virtual clock every session reads
@@ -128,7 +128,8 @@ class Replay:
         fusion_cfg = fusion_config(fusion, self.alpha, self.srm_norm)
         shared = policy.build()
         return [make_session(int(user), past, initial[u], self.reranker, shared, fusion_cfg, self.k, self.n,
-                             lambda: self.clock_ms) for u, (user, past) in enumerate(zip(self.s.users, self.s.past))]
+                             lambda: self.clock_ms, self.measure)
+                for u, (user, past) in enumerate(zip(self.s.users, self.s.past))]
 
     def run(self, policy, fusion: str, seed: int, initial: list | None = None) -> RunResult:
         """Replay every stream event; rows come back in global time order.
@@ -137,7 +138,9 @@ class Replay:
         the cloud's answers to its own requests; network draws are keyed by user and step), so the
         events are processed in rounds — the t-th event of every user, then one batch of all requests
         — which gives exactly the rows of the one-event-at-a-time global order, with large batches.
-        Re-training couples all users through the global event count: that path goes event by event.
+        Re-training couples all users through the global event count, and a policy with fleet-wide state
+        (an adaptive budget) through the decisions before each event: those paths go event by event in
+        global time order, so no decision sees an event that comes later in time.
         """
         s = self.s
         initial = initial if initial is not None else self.initial_lists()
@@ -148,7 +151,7 @@ class Replay:
         answers: dict[int, object] = {}
         bar = tqdm(total=len(s.order), desc=f"{policy.label()} {fusion} seed {seed}", unit="ev", leave=False,
                    disable=not self.progress, mininterval=1.0)
-        if self.retrain is None:
+        if self.retrain is None and not policy.fleet_state:
             for t in range(s.items.shape[1]):
                 for u in np.lexsort((s.users, s.times[:, t])):
                     self._event(int(u), t, sessions[int(u)], pending, answers)
@@ -158,7 +161,7 @@ class Replay:
             for count, (u, t) in enumerate(s.order, start=1):
                 self._event(int(u), int(t), sessions[int(u)], pending, answers)
                 bar.update(1)
-                if count % self.retrain[0] == 0 and count < len(s.order):
+                if self.retrain is not None and count % self.retrain[0] == 0 and count < len(s.order):
                     self._retrain(count, float(s.times[u, t]), sessions)
         bar.close()
         self._flush(pending, answers)  # the last requests still travel (bytes counted, lists unused)

@@ -58,7 +58,7 @@ def make_replay(world: World, streams: Streams | None = None, seed: int = 0, ret
     return Replay(streams, world.source, world.scorer, num_candidates=cfg.num_candidates,
                   slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, network=network,
                   deliver=cfg.network.deliver, retrain=retrain, progress=progress, span=span,
-                  num_items=world.dataset.num_items)
+                  num_items=world.dataset.num_items, measure=cfg.measure)
 
 
 def _hist(seq) -> tuple[int, ...]:
@@ -110,15 +110,20 @@ def calibrate(world: World, budgets, progress: bool = True) -> dict[float, dict]
     source = world.source if isinstance(world.source, MemoSource) else MemoSource(world.source)
     table = _score_table(world, pseudo, source)
 
-    def rate(threshold: float) -> float:
-        requests = 0
+    def walk(threshold: float) -> tuple[float, list[float]]:
+        """(request rate, the scores the policy met) of the threshold policy on the calibration replay."""
+        requests, met = 0, []
         for scores, forced in table:  # per user: (S, S + 1) score and forced-request tables
             key = 0
             for t in range(scores.shape[0]):
+                met.append(scores[t, key])
                 if forced[t, key] or scores[t, key] >= threshold:
                     requests += 1
                     key = t + 1
-        return requests / max(1, sum(len(s) for s, _ in table))
+        return requests / max(1, sum(len(s) for s, _ in table)), met
+
+    def rate(threshold: float) -> float:
+        return walk(threshold)[0]
 
     values = np.concatenate([s[np.isfinite(s)] for s, _ in table])
     out = {}
@@ -130,18 +135,22 @@ def calibrate(world: World, budgets, progress: bool = True) -> dict[float, dict]
             r = rate(mid)
             best = min(best, (abs(r - budget), mid))
             lo, hi = (mid, hi) if r > budget else (lo, mid)
-        out[budget] = {"threshold": best[1], "calibration_rate": rate(best[1]), "calibration_users": len(pseudo.users)}
+        realised, met = walk(best[1])
+        met = np.asarray(met, dtype=np.float64)
+        # the distribution of the scores the policy met, as percentiles (warm start of an adaptive budget)
+        out[budget] = {"threshold": best[1], "calibration_rate": realised, "calibration_users": len(pseudo.users),
+                       "score_percentiles": np.percentile(met[np.isfinite(met)], np.arange(101)).tolist()}
         if progress:
             print(f"calibrated budget {budget:.0%}: threshold {best[1]:.3f} (calibration rate "
-                  f"{rate(best[1]):.3f})", file=sys.stderr)
+                  f"{realised:.3f})", file=sys.stderr)
     return out
 
 
 def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user: scores[t, k] = inconsistency after revealing step t when the cached list came from the
     request after step k (k = 0: the initial list); forced[t, k] = fewer than K candidates remain.
-    Computed with the device runtime's own measure, as DeviceSession does."""
-    from device.consistency import inconsistency_of_permutation
+    Computed with the device runtime's own measures, as DeviceSession does."""
+    from device.consistency import CATALOGUE_MEASURES, catalogue_regret, inconsistency_of_permutation
     from device.fusion import srm_order
     from shared.records import CandidateRequest
 
@@ -167,9 +176,13 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
                 if alive.size == 0:
                     forced[t, k] = True
                     continue
-                logits = table_row[alive].astype(np.float64)
-                scores[t, k] = inconsistency_of_permutation("lsc4rec", srm_order(logits),
-                                                            num_invalid=max(cfg.num_candidates - alive.size, 0))
+                if cfg.measure in CATALOGUE_MEASURES:
+                    scores[t, k] = catalogue_regret(np.where(np.isfinite(table_row), table_row, 0.0), alive,
+                                                    np.concatenate([past, items[:t + 1]]), cfg.slate_size)
+                else:
+                    scores[t, k] = inconsistency_of_permutation(
+                        cfg.measure, srm_order(table_row[alive].astype(np.float64)),
+                        num_invalid=max(cfg.num_candidates - alive.size, 0), k=cfg.slate_size)
                 forced[t, k] = alive.size < cfg.slate_size
         table.append((scores, forced))
     return table
@@ -212,6 +225,9 @@ def policy_for(run: dict, config: SimConfig, thresholds: dict, done: dict) -> Po
         return PolicySpec("random", rate=budget, seed=run["seed"])
     if name == "consistency":
         return PolicySpec("consistency", threshold=config.threshold)
+    if name == "consistency-budget" and config.budget_mode == "adaptive":
+        return PolicySpec("budget", rate=budget, seed=run["seed"],
+                          calibration=tuple(thresholds[budget]["score_percentiles"]))
     if name == "consistency-budget":
         return PolicySpec("consistency", threshold=thresholds[budget]["threshold"])
     if name == "random-matched":

@@ -180,11 +180,10 @@ def write_report(metrics: dict, out: Path) -> Path:
               f"{metrics.get('num_candidates')}, K = {metrics.get('slate_size')}, cloud_lag = {metrics.get('cloud_lag')}, "
               f"seeds {metrics.get('seeds')}; cloud generator `{metrics.get('generator')}`, device SRM "
               f"`{metrics.get('srm')}`; cloud calls {metrics.get('mode')} ({metrics.get('backend')} backend). "
-              f"Fusion: alpha = {cfg.get('alpha')} x LLM rank (-(j+1)/N) + (1 - alpha) x (SRM {cfg.get('srm_norm')} - 0.5). "
-              "Consistency-under-budget: threshold on the footrule inconsistency D + (4 + 0.3 Z)^2, calibrated per "
-              "budget by a replay of each user's S interactions before the stream (no stream event is used). "
-              "'random-matched' requests at random at the realised rate of the consistency run with the same "
-              "budget, fusion and seed.", "",
+              f"Fusion: alpha = {cfg.get('alpha')} x LLM rank (-(j+1)/N) + (1 - alpha) x "
+              + ("(SRM sigmoid - 0.5). " if cfg.get("srm_norm", "sigmoid") == "sigmoid" else
+                 "SRM rank (-(rank among the unconsumed candidates + 1) / their number). ")
+              + _policy_text(cfg), "",
               "## The bars", ""] + _bar_lines(metrics.get("bars", {})) + ["",
               "## Headline (mean over seeds)", ""] + headline_lines(metrics) + ["",
               "## All results", ""] + results_table(agg, metrics.get("device_only")) + [""]
@@ -223,6 +222,25 @@ def write_report(metrics: dict, out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+MEASURE_TEXT = {
+    "lsc4rec": "the reference's footrule inconsistency D + (4 + 0.3 Z)^2 of the SRM order against the LLM order",
+    "footrule": "the footrule D of the SRM order against the LLM order", "kendall": "(1 - Kendall tau) / 2",
+    "overlap": "1 - top-K overlap of the SRM and LLM orders", "rbo": "1 - rank-biased overlap (p = 0.9)",
+    "regret": "the catalogue regret: the SRM's softmax mass of its top-K items over the whole unconsumed catalogue "
+              "minus that of its top-K among the cached list's unconsumed items"}
+
+
+def _policy_text(cfg: dict) -> str:
+    measure = cfg.get("measure", "lsc4rec")
+    how = ("one threshold per budget from the calibration replay" if cfg.get("budget_mode", "threshold") == "threshold"
+           else "device.policy.Budget shared by the fleet, warm-started with the calibration replay's score "
+                "percentiles and steered online to the budget; decisions follow global time order")
+    return (f"Consistency-under-budget: request when the inconsistency score ({MEASURE_TEXT.get(measure, measure)}) "
+            f"is high; {how}. The calibration replay moves each user's stream S interactions back (no stream "
+            "event is used). 'random-matched' requests at random at the realised rate of the consistency run with "
+            "the same budget, fusion and seed.")
 
 
 def _cdf_runs(metrics: dict) -> list[str]:

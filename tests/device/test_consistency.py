@@ -81,3 +81,27 @@ def test_inconsistency_is_zero_for_identical_orders_except_penalised():
     for measure in ("footrule", "kendall", "overlap", "rbo"):
         assert c.inconsistency(measure, np.array(LLM), np.array(LLM)) == pytest.approx(0.0)
         assert c.inconsistency(measure, np.array(LLM), np.array(REV), k=2) > 0
+
+
+def test_catalogue_regret_closed_form():
+    # ids 1..4 with p = 0.1, 0.2, 0.3, 0.4 (logits log 1..4; id 0 is padding, its value ignored)
+    logits = np.log([99.0, 1.0, 2.0, 3.0, 4.0])
+    assert c.catalogue_regret(logits, [1, 2], [], k=2) == pytest.approx(0.7 - 0.3)
+    assert c.catalogue_regret(logits, [3, 4, 1], [], k=2) == pytest.approx(0.0)
+    assert c.catalogue_regret(logits, [], [], k=1) == pytest.approx(0.4)
+    # item 4 consumed: p over 1..3 = 1/6, 2/6, 3/6; top-2 = 5/6, the pool [1, 4] can show only item 1
+    assert c.catalogue_regret(logits, [1, 4], [4], k=2) == pytest.approx(5 / 6 - 1 / 6)
+    assert c.catalogue_regret(logits, [2], [1, 2, 3, 4], k=2) == 0.0  # nothing showable: nothing missed
+
+
+def test_catalogue_regret_refuses_bad_input():
+    logits = np.zeros(5)
+    for kwargs in ({"pool": [5], "excluded": []}, {"pool": [0], "excluded": []}, {"pool": [], "excluded": [7]}):
+        with pytest.raises(InvalidArgumentError):
+            c.catalogue_regret(logits, k=2, **kwargs)
+    with pytest.raises(InvalidArgumentError):
+        c.catalogue_regret(logits, [1], [], k=0)
+    with pytest.raises(InvalidArgumentError):
+        c.catalogue_regret(np.zeros((2, 3)), [1], [], k=1)
+    with pytest.raises(InvalidArgumentError):
+        c.catalogue_regret(np.array([0.0, 1.0, np.nan]), [1], [], k=1)

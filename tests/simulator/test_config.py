@@ -20,6 +20,8 @@ from tests.simulator.conftest import small_overrides
     ("retrain.every=-1", "retrain.every"),
     ("no_such_key=1", "no_such_key"),
     ("network.jitter=3", "network.jitter"),
+    ("measure='footfall'", "measure"),
+    ("budget_mode='sometimes'", "budget_mode"),
 ])
 def test_bad_values_are_refused_naming_key_and_value(override, key):
     with pytest.raises(ConfigError) as info:
