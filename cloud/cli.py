@@ -16,7 +16,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--llm", type=Path, help="trained LLM generator folder (train llm output)")
     source.add_argument("--popularity", type=Path, metavar="DATA_DIR",
-                        help="serve the popularity stand-in built from this prepared dataset folder")
+                        help="serve the popularity stand-in built from this prepared dataset folder (counts "
+                             "exclude protocol B's stream and cloud lag: the last 13 items of each user)")
     serve.add_argument("--data", type=Path, default=None,
                        help="prepared dataset folder the LLM was trained on (required with --llm; its catalogue is checked)")
     serve.add_argument("--models", type=Path, default=None,
@@ -53,8 +54,11 @@ def _load_generator(args: argparse.Namespace, threads: int):
         from shared.data.dataset import load_dataset
         from shared.generator import PopularityGenerator
 
+        from shared.data.splits import stream_split
+
         dataset = load_dataset(args.popularity)
-        return PopularityGenerator.from_sequences(dataset.sequences(), dataset.num_items)
+        # Counted on what the cloud has seen under protocol B (no stream event), so a replay stays leak-free.
+        return PopularityGenerator.from_sequences(stream_split(dataset).cloud_seen, dataset.num_items)
     from shared.data.dataset import load_dataset
     from shared.errors import ConfigError
 
