@@ -105,7 +105,12 @@ class _Backend:
             out = self._run(hist, cand)
         except Exception as exc:  # the runtime's own error types become the project's (the session falls back)
             raise UnavailableError(f"SRM {self.manifest.version}: {self.runtime_name} failed ({exc})") from None
-        return out.astype(np.float32, copy=False).reshape(cand.shape)
+        out = out.astype(np.float32, copy=False).reshape(cand.shape)
+        finite = np.isfinite(out)
+        if not finite.all():  # e.g. a re-signed model whose broken weight the golden input does not reach
+            raise UnavailableError(f"SRM {self.manifest.version}: {self.runtime_name} gave non-finite scores for "
+                                   f"{int(finite.size - finite.sum())} of {finite.size} candidates")
+        return out
 
     def _run(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -3,12 +3,21 @@
 `python -m tests.reliability.mutants SPEC.json` is the child: for each case of the spec it offers
 the artifact to a ModelHolder holding the good model (`check_for_update`), then checks the holder
 still scores like the good model, and prints one JSON line per case:
-{"name", "status": "rejected" | "updated" | "untyped", "error", "same_output", "kept_good"}.
+{"name", "status": "rejected" | "updated" | "untyped", "error", "error_type", "same_output", "kept_good"},
+and for an update "max_abs_diff" (NaN for non-finite scores) or "score_error" (a typed refusal to score).
 A runtime that aborts (SIGSEGV, SIGABRT) ends the child, not the test: the parent sees the signal
 and which case was last started.
+
+The good folder's manifest chooses the mode. ONNX: the hand-built model of tests.reliability.models
+(re-signed cases get `models.manifest_for`). Any other format (an exported ExecuTorch `.pte`, batch 1):
+the expected scores are the good model's own, and a re-signed case gets the good manifest with the
+case's sha256 and size, plus the case's optional "overrides" (manifest fields declared differently).
+Each row also names the type of the error that rejected the case ("error_type").
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -83,41 +92,84 @@ def summarize(rows: list[dict]) -> dict[str, int]:
 
 def _child(good_folder: Path, spec: Path, root: Path) -> int:
     from device.runtime import ModelHolder, load_reranker
-    from shared.manifest import manifest_from_dict
+    from shared.errors import LSC4RecError
+    from shared.manifest import manifest_from_dict, read_manifest
+    from shared.records import ModelFormat
     from tests.reliability import models
 
-    good = load_reranker(good_folder, vocab_hash=models.VOCAB_HASH)
+    good_manifest = read_manifest(good_folder)
+    onnx = good_manifest.format == ModelFormat.ONNX
+    good = load_reranker(good_folder, vocab_hash=models.VOCAB_HASH if onnx else good_manifest.vocab_hash)
     rng = np.random.default_rng(0)
-    history = rng.integers(0, models.NUM_ITEMS + 1, (2, models.HISTORY_LENGTH))
-    candidates = rng.integers(1, models.NUM_ITEMS + 1, (2, 9))
-    expected = models.reference_scores(history, candidates)
-    holder = ModelHolder(good, root)
+    batch, num_items = (2, models.NUM_ITEMS) if onnx else (1, good_manifest.num_items)
+    # an exported model scores the last history slot's state: a padded (0) last slot gives all-zero scores
+    history = rng.integers(0 if onnx else 1, num_items + 1, (batch, good.history_length))
+    candidates = rng.integers(1, num_items + 1, (batch, 9))
+    expected = models.reference_scores(history, candidates) if onnx else good.score(history, candidates)
+    if np.ptp(expected) == 0:
+        raise SystemExit(f"the probe input scores every candidate alike ({expected}): it cannot tell models apart")
+
+    class Holder(ModelHolder):
+        """Records the type of the error that made an install fail (check_for_update keeps only its text)."""
+
+        error_type = ""
+
+        def _install(self, *args, **kwargs):
+            try:
+                return super()._install(*args, **kwargs)
+            except BaseException as exc:
+                self.error_type = type(exc).__name__
+                raise
+
+    holder = Holder(good, root)
     for n, case in enumerate(json.loads(Path(spec).read_text())):
         data = Path(case["bytes"]).read_bytes()
         tmp = root / f"case-{n}"
         if case.get("manifest"):
             manifest = manifest_from_dict(case["manifest"])
-        else:
+        elif onnx:
             manifest = models.manifest_for(models.write_model_bytes(tmp, data) / "model.onnx")
+        else:
+            manifest = dataclasses.replace(good_manifest, sha256=hashlib.sha256(data).hexdigest(),
+                                           size_bytes=len(data))
+        if case.get("overrides"):
+            manifest = dataclasses.replace(manifest, **_fields(case["overrides"]))
         manifest = _with_version(manifest, f"m{n}")
-        row = {"name": case["name"], "status": "", "error": "", "same_output": None}
+        row = {"name": case["name"], "status": "", "error": "", "error_type": "", "same_output": None}
+        holder.error_type = ""
         try:
             result = holder.check_for_update(lambda current: manifest, lambda m: [data])
-            row["status"], row["error"] = result.status, result.reason[:200]
+            row["status"], row["error"], row["error_type"] = result.status, result.reason[:200], holder.error_type
             if result.status == "updated":
-                got = holder.score(history, candidates)
-                row["same_output"] = bool(np.allclose(got, expected, atol=1e-5))
-                holder = ModelHolder(good, root)  # back to the good model for the next case
+                try:
+                    got = holder.score(history, candidates)
+                    row["same_output"] = bool(np.allclose(got, expected, atol=1e-5))
+                    row["max_abs_diff"] = float(np.max(np.abs(got - expected)))  # NaN for a non-finite score
+                except LSC4RecError as exc:  # a typed refusal to score (the session falls back)
+                    row["same_output"], row["score_error"] = False, type(exc).__name__
+                holder = Holder(good, root)  # back to the good model for the next case
         except Exception as exc:  # noqa: BLE001 - the finding: an error the runtime did not type
             row["status"], row["error"] = "untyped", f"{type(exc).__name__}: {exc}"[:200]
+            row["error_type"] = type(exc).__name__
         row["kept_good"] = bool(np.allclose(holder.score(history, candidates), expected, atol=1e-5))
         print(json.dumps(row), flush=True)
     return 0
 
 
-def _with_version(manifest, version: str):
-    import dataclasses
+def _fields(overrides: dict) -> dict:
+    """Manifest fields from their JSON form (TensorSpec lists become records) without validating them."""
+    from shared.records import GoldenExample, TensorSpec
 
+    out = dict(overrides)
+    for name in ("inputs", "outputs"):
+        if name in out:
+            out[name] = tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in out[name])
+    if out.get("golden"):
+        out["golden"] = GoldenExample(*(tuple(out["golden"][f]) for f in ("history", "candidates", "scores")))
+    return out
+
+
+def _with_version(manifest, version: str):
     return dataclasses.replace(manifest, version=version)
 
 
