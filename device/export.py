@@ -124,6 +124,7 @@ def onnx_runner(path: Path, threads: int = 1):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as device.runtime
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda h, c: session.run(["scores"], {"history": np.ascontiguousarray(h),
                                                  "candidates": np.ascontiguousarray(c)})[0]

@@ -129,6 +129,9 @@ class OnnxReranker(_Backend):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Basic graph rewrites only: the extended fusions (Gemm with reshapes, SkipLayerNorm, Gelu) made this
+        # small model about 10% slower per call here (onnxruntime 1.32, one thread; benchmarks/bench_srm.py).
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
