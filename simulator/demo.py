@@ -117,13 +117,13 @@ def simulate_all(out: Path, arts: dict, seeds: list[int]) -> dict:
                                                   "budgets=[0.2]", "seeds=[0]", "matched_random=false"])
     indep = _cached(out / "sim-indep", indep_cfg) or simulate(indep_cfg, out / "sim-indep",
                                                                  world=load_world(indep_cfg, source=world.source))
-    # Every user through real gRPC device clients against `lsc4rec cloud serve`, at the 20% threshold.
-    threshold = grid["calibration"]["0.2"]["threshold"]
+    # Every user through real gRPC device clients against `lsc4rec cloud serve`, with the grid's 20% budget
+    # policy (its calibration replay goes through the server too).
     server = ServerProcess(str(arts["llm"]), models=str(arts["models"]), dataset_dir=str(DATA),
                            log=out / "logs" / "serve.log").start()
     try:
         grpc_cfg = load_sim_config("demo", common + [f'srm="{arts["coop"]}"', "mode='grpc'", f"server='{server.address}'",
-                                                     "policies=['consistency']", f"threshold={threshold}",
+                                                     "policies=['consistency-budget']", "budgets=[0.2]",
                                                      "fusions=['fusion']", "seeds=[0]", "device_only=false",
                                                      "matched_random=false"])
         remote = simulate(grpc_cfg, out / "sim-grpc")  # its wall time includes loading the SRM and 943 sessions
