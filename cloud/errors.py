@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -115,24 +116,30 @@ def _gave_up(context, method: str, rid: str, observer, start: float) -> None:
     CallLog(log, {"request_id": rid}).info("%s -> %s: the call ended before its answer was ready", method, code.name)
 
 
+@contextlib.asynccontextmanager
+async def _mapped(method: str, request, context, rid: str, observer) -> AsyncIterator[None]:
+    """The body of one RPC: its errors mapped once (abort with the code), logged and observed."""
+    start = time.perf_counter()
+    try:
+        if isinstance(request, Malformed):
+            raise request.error
+        yield
+    except asyncio.CancelledError:
+        _gave_up(context, method, rid, observer, start)
+        raise
+    except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
+        await context.abort(*_failed(exc, method, rid, observer, start))
+    observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
+
+
 def rpc_boundary(method: str, observer_attr: str = "observer") -> Callable:
     """Decorate an async unary servicer method `(self, request, context, rid)`: map errors once, log, observe."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         async def call(self, request, context):
             rid = request_id_of(context, getattr(request, "request_id", ""))
-            observer, start = getattr(self, observer_attr), time.perf_counter()
-            try:
-                if isinstance(request, Malformed):
-                    raise request.error
-                response = await fn(self, request, context, rid)
-            except asyncio.CancelledError:
-                _gave_up(context, method, rid, observer, start)
-                raise
-            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
-                await context.abort(*_failed(exc, method, rid, observer, start))
-            observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
-            return response
+            async with _mapped(method, request, context, rid, getattr(self, observer_attr)):
+                return await fn(self, request, context, rid)
         return call
     return wrap
 
@@ -143,18 +150,9 @@ def stream_boundary(method: str, observer_attr: str = "observer") -> Callable:
         @functools.wraps(fn)
         async def call(self, request, context) -> AsyncIterator:
             rid = request_id_of(context)
-            observer, start = getattr(self, observer_attr), time.perf_counter()
-            try:
-                if isinstance(request, Malformed):
-                    raise request.error
+            async with _mapped(method, request, context, rid, getattr(self, observer_attr)):
                 async for item in fn(self, request, context, rid):
                     yield item
-            except asyncio.CancelledError:
-                _gave_up(context, method, rid, observer, start)
-                raise
-            except Exception as exc:  # noqa: BLE001 - this IS the single mapping point
-                await context.abort(*_failed(exc, method, rid, observer, start))
-            observer.record(method, grpc.StatusCode.OK, time.perf_counter() - start)
         return call
     return wrap
 

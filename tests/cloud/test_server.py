@@ -1,6 +1,7 @@
 """Contract tests of the cloud server: one per status code, health, reflection, TLS, metrics, bad input."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -149,7 +150,9 @@ def test_unavailable_until_generator_is_loaded_then_serving():
         server.stop(0)
 
 
-def test_deadline_exceeded_and_expired_request_dropped_from_batch():
+@contextlib.contextmanager
+def _generator_held():
+    """A server (batches of 1) whose generator is busy with one held call: (gen, server, stub, held, batches so far)."""
     gen = GatedGenerator()
     config = ServerConfig(address="127.0.0.1:0", grace_s=1.0, batch=BatcherConfig(max_batch_size=1))
     server, port = start(gen, config=config)
@@ -159,31 +162,24 @@ def test_deadline_exceeded_and_expired_request_dropped_from_batch():
         gen.entered.clear()
         held = stub.GetCandidates.future(request(), timeout=10)  # occupies the generator
         assert gen.entered.wait(5)
-        calls_before = len(gen.batches)
-        assert call_code(stub.GetCandidates, request(history=(4,)), timeout=0.3) == CODE.DEADLINE_EXCEEDED
-        gen.gate.set()
-        held.result()
-        deadline = time.monotonic() + 5
-        while server.candidates.batcher.dropped < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.candidates.batcher.dropped == 1
-        assert len(gen.batches) == calls_before + 1  # only the held call ran; the late one never did
+        yield gen, server, stub, held, len(gen.batches)
     finally:
         gen.gate.set()
         server.stop(0)
 
 
+def test_deadline_exceeded_and_expired_request_dropped_from_batch():
+    with _generator_held() as (gen, server, stub, held, calls_before):
+        assert call_code(stub.GetCandidates, request(history=(4,)), timeout=0.3) == CODE.DEADLINE_EXCEEDED
+        gen.gate.set()
+        held.result()
+        _until(lambda: server.candidates.batcher.dropped >= 1)
+        assert server.candidates.batcher.dropped == 1
+        assert len(gen.batches) == calls_before + 1  # only the held call ran; the late one never did
+
+
 def test_cancelled_and_late_calls_are_counted_and_never_computed():
-    gen = GatedGenerator()
-    config = ServerConfig(address="127.0.0.1:0", grace_s=1.0, batch=BatcherConfig(max_batch_size=1))
-    server, port = start(gen, config=config)
-    try:
-        stub = pb_grpc.CandidateServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-        gen.gate.clear()
-        gen.entered.clear()
-        held = stub.GetCandidates.future(request(), timeout=10)  # occupies the generator
-        assert gen.entered.wait(5)
-        calls_before = len(gen.batches)
+    with _generator_held() as (gen, server, stub, held, calls_before):
         assert call_code(stub.GetCandidates, request(history=(4,)), timeout=0.3) == CODE.DEADLINE_EXCEEDED
         _until(lambda: server.candidates.in_flight == 1)  # the late call has ended on the server too
         gone = stub.GetCandidates.future(request(history=(5,)), timeout=10)
@@ -196,9 +192,6 @@ def test_cancelled_and_late_calls_are_counted_and_never_computed():
         assert len(gen.batches) == calls_before + 1  # only the held call reached the generator
         assert server.metrics.count("GetCandidates", "DEADLINE_EXCEEDED") == 1
         assert server.candidates.in_flight == 0
-    finally:
-        gen.gate.set()
-        server.stop(0)
 
 
 def test_stop_is_idempotent_and_leaves_no_thread_behind():
