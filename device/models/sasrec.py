@@ -24,6 +24,7 @@ class SASRecConfig:
     inner: int = 256  # feed-forward width
     dropout: float = 0.2
     scale_embeddings: bool = True  # item embeddings x sqrt(d) before positions are added (SASRec paper; RecBole: no)
+    tied_output: bool = True  # score with the input item embeddings (SASRec, RecBole); False = a table of its own
 
     def __post_init__(self):
         check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
@@ -80,6 +81,7 @@ class SASRec(SequentialRecommender):
         self.config = config
         self.num_items, self.max_len = config.num_items, config.max_len
         self.item_emb = nn.Embedding(config.num_items + 1, config.hidden, padding_idx=0)
+        self.out_emb = None if config.tied_output else nn.Embedding(config.num_items + 1, config.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
         self.norm = nn.LayerNorm(config.hidden, eps=1e-12)
         self.drop = nn.Dropout(config.dropout)
@@ -117,8 +119,8 @@ class SASRec(SequentialRecommender):
         return x * keep[:, t - x.shape[1]:].unsqueeze(-1)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Output embeddings are tied to the input ones: (…,) -> (…, d)."""
-        return self.item_emb(items)
+        """Output embeddings (tied to the input ones by default): (…,) -> (…, d)."""
+        return self.item_emb(items) if self.out_emb is None else self.out_emb(items)
 
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
@@ -127,6 +129,7 @@ class SASRec(SequentialRecommender):
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """(B, N + 1) logits over the catalogue; column 0 (padding) is NEG_INF."""
-        scores = self.encode(history, last_only=True)[:, -1, :] @ self.item_emb.weight.T
+        table = self.item_emb if self.out_emb is None else self.out_emb
+        scores = self.encode(history, last_only=True)[:, -1, :] @ table.weight.T
         scores[:, 0] = NEG_INF
         return scores

@@ -82,6 +82,18 @@ def test_sasrec_last_only_encoding_equals_the_full_one():
     assert torch.allclose(full[:, -1:], last, atol=1e-5)
 
 
+def test_sasrec_untied_output_scores_with_its_own_table():
+    torch.manual_seed(0)
+    tied, untied = (build_model("sasrec", {**TINY, "tied_output": flag}).eval() for flag in (True, False))
+    history, cands = batch()
+    with torch.no_grad():
+        scores = untied(history, cands)
+        assert torch.allclose(scores, untied.score_all(history).gather(1, cands), atol=1e-5)
+        untied.out_emb.weight.mul_(2.0)  # only the output table moves the scores
+        assert torch.allclose(untied(history, cands), 2.0 * scores, atol=1e-5)
+    assert tied.out_emb is None and untied.out_emb is not untied.item_emb
+
+
 def test_long_histories_keep_the_most_recent_items():
     long = list(range(1, 31))
     history, cands = make_inputs([long, [5, 6]], [[1, 2], [3, 4]], max_len=T, num_items=N)
