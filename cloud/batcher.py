@@ -42,6 +42,10 @@ class _Pending:
     waiter: asyncio.Future | None = None  # an event loop's future, woken once `future` is settled (generate_async)
 
 
+def _late() -> DeadlineError:
+    return DeadlineError("the deadline passed while the request waited for the generator")
+
+
 def _wake(waiters: list[asyncio.Future]) -> None:
     """On the event loop: wake the coroutines of one batch (their answers are in their own `future`)."""
     for waiter in waiters:
@@ -100,7 +104,7 @@ class MicroBatcher:
             return future.result(timeout=timeout)
         except (TimeoutError, CancelledError):
             future.cancel()
-            raise DeadlineError("the deadline passed while the request waited for the generator") from None
+            raise _late() from None
 
     async def generate_async(self, request: CandidateRequest, deadline: float | None = None) -> list[Candidate]:
         """`generate` for an event loop: the loop awaits the answer while the model runs in the worker thread.
@@ -117,14 +121,14 @@ class MicroBatcher:
                 await waiter
         except TimeoutError:
             future.cancel()  # still queued: the worker drops it instead of computing it
-            raise DeadlineError("the deadline passed while the request waited for the generator") from None
+            raise _late() from None
         except asyncio.CancelledError:
             future.cancel()  # the call went away (client cancelled, deadline hit, server stopping)
             raise
         try:
             return future.result(timeout=0)
         except CancelledError:  # the worker dropped it: its deadline passed in the queue
-            raise DeadlineError("the deadline passed while the request waited for the generator") from None
+            raise _late() from None
 
     def _run(self) -> None:
         while True:

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from device.consistency import CATALOGUE_MEASURES, MEASURES
+from device.consistency import ALL_MEASURES
 from shared.cli import add_json_flag, emit, handler
 from shared.errors import DataFormatError
 
 DEFAULT_MODEL = Path("runs/srm-sasrec/export/onnx")
-MEASURE_CHOICES = MEASURES + CATALOGUE_MEASURES
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -37,7 +36,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     run.add_argument("--fusion", default="reference", choices=("reference", "linear", "llm", "srm"),
                      help="fusion rule (default reference: -(j+1)/L + (p_j - 0.5))")
     run.add_argument("--alpha", type=float, default=0.5, help="LLM weight of the linear fusion rule (default 0.5)")
-    run.add_argument("--measure", default="lsc4rec", choices=MEASURE_CHOICES,
+    run.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,
                      help="score the request policy thresholds: an order inconsistency between the SRM and the "
                           "LLM over the cached list (lsc4rec = the reference footrule + consumed-slot penalty), "
                           "or regret = how much of the SRM's top-K over the whole catalogue the list lacks "
@@ -65,7 +64,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     bench.add_argument("--history", type=int, default=100, help="length of the user's history before timing (default 100)")
     bench.add_argument("--policy", default="budget:0.1", help="request policy (default budget:0.1)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream (default 0)")
-    bench.add_argument("--measure", default="lsc4rec", choices=MEASURE_CHOICES,
+    bench.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,
                        help="consistency measure timed with each event (regret scores the whole catalogue)")
     add_json_flag(bench)
     bench.set_defaults(func=handler("device.cli", "bench_main"))

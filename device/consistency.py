@@ -121,6 +121,7 @@ def _rbo(pos: np.ndarray, p: float) -> float:
 MEASURES = ("lsc4rec", "footrule", "kendall", "overlap", "rbo")
 #: Measures that need the SRM's scores of the whole catalogue, not only of the cached list.
 CATALOGUE_MEASURES = ("regret",)
+ALL_MEASURES = MEASURES + CATALOGUE_MEASURES  # what a session (and a simulator preset) may ask for
 
 
 def catalogue_regret(catalogue_logits: np.ndarray, pool: np.ndarray, excluded: np.ndarray, k: int = 10) -> float:

@@ -63,8 +63,8 @@ class SessionConfig:
         check(bool(self.user_id), "user_id", self.user_id, "must not be empty")
         check(self.slate_size >= 1, "slate_size", self.slate_size, "must be >= 1")
         check(self.num_candidates >= self.slate_size, "num_candidates", self.num_candidates, "must be >= slate_size")
-        measures = consistency.MEASURES + consistency.CATALOGUE_MEASURES
-        check(self.measure in measures, "measure", self.measure, f"must be one of {', '.join(measures)}")
+        check(self.measure in consistency.ALL_MEASURES, "measure", self.measure,
+              f"must be one of {', '.join(consistency.ALL_MEASURES)}")
         check(self.max_request_history >= 1, "max_request_history", self.max_request_history, "must be >= 1")
         check(0 < self.backoff_initial_ms <= self.backoff_max_ms, "backoff_initial_ms", self.backoff_initial_ms,
               "must be > 0 and <= backoff_max_ms")
@@ -238,9 +238,11 @@ class DeviceSession:
             self._slate = Slate((), (), self._stale, "empty", self._generator_version, self.reranker.manifest.version)
             return
         items, llm = self._items[slots], self._llm_scores[slots]
-        everything = None if self._catalogue is None else self._srm_logits(self._catalogue)  # (N,): item i at i - 1
-        logits = self._srm_logits(items) if self._catalogue is None else (
-            None if everything is None else everything[items - 1])
+        if self._catalogue is None:
+            everything, logits = None, self._srm_logits(items)
+        else:  # one call over the catalogue; the list's logits are a part of it
+            everything = self._srm_logits(self._catalogue)  # (N,): item i at i - 1
+            logits = None if everything is None else everything[items - 1]
         k = self.config.slate_size
         if logits is None:  # the model could not score: fall back to the LLM's order
             self.last_score = math.nan

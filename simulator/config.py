@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from device.consistency import CATALOGUE_MEASURES, MEASURES
+from device.consistency import ALL_MEASURES
 from shared.config import check, load_config
 from shared.errors import ConfigError
 
@@ -116,8 +116,8 @@ class SimConfig:
             check(0 < b <= 1, "budgets", b, "a request budget is a rate in (0, 1]")
         check(len(self.seeds) >= 1, "seeds", self.seeds, "give at least one seed")
         check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
-        known = MEASURES + CATALOGUE_MEASURES
-        check(self.measure in known, "measure", self.measure, f"unknown measure (known: {', '.join(known)})")
+        check(self.measure in ALL_MEASURES, "measure", self.measure,
+              f"unknown measure (known: {', '.join(ALL_MEASURES)})")
         check(self.budget_mode == "threshold" or all(b < 1 for b in self.budgets), "budgets", self.budgets,
               "an adaptive budget is a rate in (0, 1)")
         check(self.calibration_iters >= 1, "calibration_iters", self.calibration_iters, "must be >= 1")
