@@ -81,6 +81,7 @@ def rank_biased_overlap(llm_order: Sequence[int], srm_order: Sequence[int], p: f
 
 # --- cores on `pos` (LLM slot j -> SRM position), shared by the checked API and the session's fast path ---
 def _footrule(pos: np.ndarray) -> float:
+    # sum_j |pos[j] - j| is the same for a permutation and its inverse (j = perm[i] <=> pos[j] = i)
     return float(np.abs(pos - np.arange(pos.size)).sum()) / pos.size if pos.size else 0.0
 
 
@@ -148,17 +149,29 @@ def catalogue_regret(catalogue_logits: np.ndarray, pool: np.ndarray, excluded: n
     showable = np.ones(logits.size, dtype=bool)
     showable[0] = False
     showable[excluded] = False
+    if showable.any() and not np.isfinite(logits[showable]).all():
+        raise InvalidArgumentError("catalogue_logits", "non-finite", "logits of showable items must be finite")
+    return catalogue_regret_trusted(logits, pool, showable, k)
+
+
+def catalogue_regret_trusted(catalogue_logits: np.ndarray, pool: np.ndarray, showable: np.ndarray, k: int) -> float:
+    """`catalogue_regret` without the input checks, for callers that validated them (the session's
+    per-event path): float64 logits finite where `showable` (bool (V,), False at 0 and at excluded ids)."""
     if not showable.any():
         return 0.0
-    x = np.where(showable, logits, -np.inf)
-    if not np.isfinite(x[showable]).all():
-        raise InvalidArgumentError("catalogue_logits", "non-finite", "logits of showable items must be finite")
-    p = np.exp(x - x[showable].max())
+    x = np.where(showable, catalogue_logits, -np.inf)
+    p = np.exp(x - x.max())  # the max over the showable items: the others are -inf
     p /= p.sum()
     pool = pool[showable[pool]]
-    top_catalogue = np.sort(p)[-k:].sum()
-    top_pool = np.sort(p[pool])[-k:].sum() if pool.size else 0.0
+    top_catalogue = _top_sum(p, k)
+    top_pool = _top_sum(p[pool], k) if pool.size else 0.0
     return float(max(top_catalogue - top_pool, 0.0))
+
+
+def _top_sum(p: np.ndarray, k: int) -> float:
+    """Sum of the k largest values, added smallest first (the same as np.sort(p)[-k:].sum())."""
+    top = np.partition(p, p.size - k)[p.size - k:] if k < p.size else p
+    return np.sort(top).sum()
 
 
 def inconsistency(measure: str, llm_order: np.ndarray, srm_order: np.ndarray, num_invalid: int = 0,
@@ -172,6 +185,8 @@ def inconsistency(measure: str, llm_order: np.ndarray, srm_order: np.ndarray, nu
 def inconsistency_of_permutation(measure: str, srm_permutation: np.ndarray, num_invalid: int = 0,
                                  k: int = 10, p: float = 0.9) -> float:
     """Fast path: `srm_permutation` lists LLM slots in the SRM's order (an argsort of the SRM scores)."""
+    if measure in ("lsc4rec", "footrule"):  # the footrule needs no inversion (see _footrule)
+        return _from_positions(measure, srm_permutation, num_invalid, k, p)
     pos = np.empty(srm_permutation.size, dtype=np.int64)
     pos[srm_permutation] = np.arange(srm_permutation.size)
     return _from_positions(measure, pos, num_invalid, k, p)

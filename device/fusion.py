@@ -43,9 +43,11 @@ class FusionConfig:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function, float64."""
-    x = np.asarray(logits, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    """Numerically stable logistic function, float64: 0.5 * (1 + tanh(0.5 x)), the last two steps in place."""
+    out = np.tanh(0.5 * np.asarray(logits, dtype=np.float64))
+    out += 1.0
+    out *= 0.5
+    return out
 
 
 def rank_norm(num: int, positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
@@ -81,19 +83,40 @@ def fuse(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
 
 def fuse_trusted(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
                  positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
-    """`fuse` without the input checks, for callers that validated them (the session's per-event path)."""
-    num = llm_scores.size
-    llm_rank = rank_norm(num, positions, length)
-    if config.rule == "llm":
-        return llm_rank
-    probs = sigmoid(srm_logits)
-    if config.rule == "srm":
-        return probs
-    if config.rule == "reference":
-        return llm_rank + (probs - 0.5)
-    llm_term = llm_rank if config.llm_norm == "rank" else softmax(llm_scores)
-    srm_term = probs - 0.5 if config.srm_norm == "prob" else _srm_rank_norm(probs)
-    return config.alpha * llm_term + (1.0 - config.alpha) * srm_term
+    """`fuse` without the input checks, for callers that validated them."""
+    return ListFusion(config, llm_scores, positions, length).fuse(srm_logits)
+
+
+class ListFusion:
+    """The fusion of one candidate list, split in two: the LLM term depends only on the list, so it is
+    computed once here; `fuse(srm_logits)` adds the SRM term of each event (the session's per-event path).
+    Inputs are trusted (validated by the caller); results equal `fuse` bit for bit."""
+
+    def __init__(self, config: FusionConfig, llm_scores: np.ndarray, positions: np.ndarray | None = None,
+                 length: int | None = None):
+        self.config = config
+        llm_term = rank_norm(llm_scores.size, positions, length)
+        if config.rule == "linear":
+            llm_term = config.alpha * (llm_term if config.llm_norm == "rank" else softmax(llm_scores))
+        self._llm_term = llm_term  # "linear": already weighted by alpha
+
+    def fuse(self, srm_logits: np.ndarray) -> np.ndarray:
+        """(L,) float64 fused scores, higher is better, for the list's SRM logits (a new array)."""
+        config = self.config
+        if config.rule == "llm":
+            return self._llm_term.copy()
+        probs = sigmoid(srm_logits)
+        if config.rule == "srm":
+            return probs
+        if config.rule == "reference" or config.srm_norm == "prob":
+            srm_term = probs
+            srm_term -= 0.5
+        else:
+            srm_term = _srm_rank_norm(probs)
+        if config.rule == "linear":
+            srm_term *= 1.0 - config.alpha
+        srm_term += self._llm_term
+        return srm_term
 
 
 def fused_order(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
@@ -104,4 +127,4 @@ def fused_order(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.nda
 
 def srm_order(srm_logits: np.ndarray) -> np.ndarray:
     """(L,) int64 indices into the list by SRM logit, best first; ties keep the LLM order."""
-    return np.argsort(-np.asarray(srm_logits, dtype=np.float64), kind="stable")
+    return (-np.asarray(srm_logits, dtype=np.float64)).argsort(kind="stable")

@@ -41,6 +41,9 @@ class Reranker(Protocol):
 
     def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray: ...
 
+    # Optional: `score_trusted(histories, candidates)`, the same without input checks (see _Backend); the
+    # session uses it when present for inputs it built and validated itself.
+
 
 def check_inputs(histories: np.ndarray, candidates: np.ndarray, history_length: int,
                  num_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +104,11 @@ class _Backend:
     def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """(B, C) float32 logits; raises UnknownItemError / InvalidArgumentError before inference."""
         hist, cand = check_inputs(histories, candidates, self.history_length, self.manifest.num_items)
+        return self.score_trusted(hist, cand)
+
+    def score_trusted(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """`score` without the input checks, for callers that built the inputs themselves (the session's
+        per-event path): C-contiguous int64 (B, T) histories with ids in 0..N, (B, C >= 1) candidates in 1..N."""
         try:
             out = self._run(hist, cand)
         except Exception as exc:  # the runtime's own error types become the project's (the session falls back)
@@ -289,6 +297,11 @@ class ModelHolder:
 
     def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         return self._current.score(histories, candidates)
+
+    def score_trusted(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The current model's `score_trusted` (its `score` when it has none)."""
+        current = self._current
+        return getattr(current, "score_trusted", current.score)(histories, candidates)
 
     def check_for_update(self, latest_manifest: Callable[[str], ModelManifest | None],
                          download: Callable[[ModelManifest], Iterable[bytes]]) -> UpdateResult:

@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from device import consistency
-from device.fusion import FusionConfig, fuse_trusted, srm_order
+from device.fusion import FusionConfig, ListFusion, srm_order
 from device.policy import Decision, Policy, PolicyState
 from device.runtime import Reranker
 from shared.config import check
@@ -101,11 +101,18 @@ class DeviceSession:
                  candidates: CandidateResponse | None = None):
         self.config, self.reranker, self.policy, self.now_ms, self.source = config, reranker, policy, now_ms, source
         self.num_items = reranker.manifest.num_items
+        # the inputs below are built and validated here, so the model's own input checks may be skipped
+        self._score = getattr(reranker, "score_trusted", reranker.score)
         # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
         self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
                            if config.measure in consistency.CATALOGUE_MEASURES else None)
-        self.history: list[int] = list(self._check_items("history", history))
+        self.history: list[int] = list(self._check_items("history", history))  # extended by on_event only
         self._consumed = set(self.history)
+        self._window = self._history_window(reranker.history_length)  # the model's input, rolled per event
+        if self._catalogue is not None:  # showable[i]: item i may be shown (not consumed; 0 is padding)
+            self._showable = np.ones(self.num_items + 1, dtype=bool)
+            self._showable[0] = False
+            self._showable[self.history] = False
         self.event_index = 0
         self.events_since_list = 0  # events since the last list arrived (sent with the next request)
         self.requests_sent = self.failures = 0
@@ -113,6 +120,8 @@ class DeviceSession:
         self._items = np.zeros(0, dtype=np.int64)  # cached list in the LLM's order
         self._llm_scores = np.zeros(0, dtype=np.float64)
         self._alive = np.zeros(0, dtype=bool)
+        self._slot_of: dict[int, int] = {}  # item id -> its slot in the cached list
+        self._alive_changed()
         self._generator_version = ""
         self._wants = candidates is None
         self._stale = candidates is None
@@ -130,7 +139,15 @@ class DeviceSession:
             raise UnknownItemError("item", item, f"not an item id (catalogue is 1..{self.num_items})")
         self.history.append(item)
         self._consumed.add(item)
-        self._alive &= self._items != item
+        if self._catalogue is not None:
+            self._showable[item] = False
+        window = self._window
+        window[0, :-1] = window[0, 1:]
+        window[0, -1] = item
+        slot = self._slot_of.get(item)
+        if slot is not None and self._alive[slot]:
+            self._alive[slot] = False
+            self._alive_changed()
         self.event_index += 1
         self.events_since_list += 1
         self._rebuild()
@@ -152,7 +169,7 @@ class DeviceSession:
 
     def policy_state(self) -> PolicyState:
         return PolicyState(self.config.user_id, self.event_index, self.events_since_list, self.last_score,
-                           int(self._alive.sum()), self.config.slate_size)
+                           self._slots.size, self.config.slate_size)
 
     # --- requests -----------------------------------------------------------------------------
     @property
@@ -210,6 +227,8 @@ class DeviceSession:
             raise
         self._items, self._llm_scores = items, scores
         self._alive = np.array([int(i) not in self._consumed for i in items], dtype=bool)
+        self._slot_of = {item: slot for slot, item in enumerate(items.tolist())}
+        self._alive_changed()
         self._generator_version = response.generator_version
         self._wants = self._stale = False
         self.events_since_list = 0
@@ -230,14 +249,20 @@ class DeviceSession:
         return items, scores
 
     # --- re-ranking ---------------------------------------------------------------------------
+    def _alive_changed(self) -> None:
+        """Recompute what depends only on the unconsumed part of the cached list (not on the history)."""
+        self._slots = np.flatnonzero(self._alive)  # positions j in the list the cloud sent
+        self._pool = self._items[self._slots]  # their ids, in the LLM's order
+        self._fusion = (ListFusion(self.config.fusion, self._llm_scores[self._slots], positions=self._slots,
+                                   length=self._items.size) if self._slots.size else None)
+
     def _rebuild(self) -> None:
         """Re-rank the unconsumed cached candidates on the current history, fuse, score consistency."""
-        slots = np.flatnonzero(self._alive)  # positions j in the list the cloud sent
+        slots, items = self._slots, self._pool
         if slots.size == 0:
             self.last_score = math.nan
             self._slate = Slate((), (), self._stale, "empty", self._generator_version, self.reranker.manifest.version)
             return
-        items, llm = self._items[slots], self._llm_scores[slots]
         if self._catalogue is None:
             everything, logits = None, self._srm_logits(items)
         else:  # one call over the catalogue; the list's logits are a part of it
@@ -250,29 +275,35 @@ class DeviceSession:
             self._slate = Slate(tuple(items[top].tolist()), tuple((-(slots[top] + 1.0)).tolist()),
                                 self._stale, "llm", self._generator_version, self.reranker.manifest.version)
             return
-        fused = fuse_trusted(self.config.fusion, llm, logits, positions=slots, length=self._items.size)
-        order = np.argsort(-fused, kind="stable")[:k]  # ties keep the LLM order
+        fused = self._fusion.fuse(logits)
+        order = (-fused).argsort(kind="stable")[:k]  # ties keep the LLM order
         if everything is None:
             self.last_score = consistency.inconsistency_of_permutation(
                 self.config.measure, srm_order(logits),
                 num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
         else:  # "regret": what the SRM now wants from the whole catalogue that the cached list lacks
-            self.last_score = consistency.catalogue_regret(
-                np.concatenate([[0.0], everything]), items, np.fromiter(self._consumed, dtype=np.int64), k)
+            self.last_score = consistency.catalogue_regret_trusted(
+                np.concatenate([[0.0], everything]), items, self._showable, k)
         self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
                             self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
 
     def _srm_logits(self, items: np.ndarray) -> np.ndarray | None:
         length = self.reranker.history_length
-        recent = self.history[-length:]
-        history = np.zeros((1, length), dtype=np.int64)  # (1, T) left-padded with 0
-        if recent:
-            history[0, length - len(recent):] = recent
+        if self._window.shape[1] != length:  # a swapped-in model with another history length
+            self._window = self._history_window(length)
         try:
-            logits = self.reranker.score(history, items[None, :])[0].astype(np.float64)
+            logits = self._score(self._window, items[None, :])[0].astype(np.float64)
         except LSC4RecError:
             return None
         return logits if np.isfinite(logits).all() else None
+
+    def _history_window(self, length: int) -> np.ndarray:
+        """(1, length) int64: the last `length` history items, left-padded with 0."""
+        recent = self.history[-length:]
+        window = np.zeros((1, length), dtype=np.int64)
+        if recent:
+            window[0, length - len(recent):] = recent
+        return window
 
     def _check_items(self, name: str, items) -> tuple[int, ...]:
         out = tuple(int(i) for i in items)

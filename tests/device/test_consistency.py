@@ -105,3 +105,30 @@ def test_catalogue_regret_refuses_bad_input():
         c.catalogue_regret(np.zeros((2, 3)), [1], [], k=1)
     with pytest.raises(InvalidArgumentError):
         c.catalogue_regret(np.array([0.0, 1.0, np.nan]), [1], [], k=1)
+
+
+@pytest.mark.parametrize("measure", c.MEASURES)
+def test_permutation_fast_path_equals_the_checked_measure(measure):
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50):
+        llm = rng.choice(1000, n, replace=False)
+        perm = rng.permutation(n)  # LLM slots in the SRM's order
+        expected = c.inconsistency(measure, llm, llm[perm], num_invalid=3, k=5)
+        assert c.inconsistency_of_permutation(measure, perm, num_invalid=3, k=5) == expected
+
+
+def test_trusted_regret_equals_the_checked_one_with_ties_and_small_pools():
+    rng = np.random.default_rng(0)
+    logits = np.concatenate([[np.nan], np.round(rng.normal(size=40), 1)])  # ties; id 0 is never read
+    excluded = rng.choice(np.arange(1, 41), 10, replace=False)
+    showable = np.ones(41, dtype=bool)
+    showable[[0, *excluded]] = False
+    for k in (1, 5, 30, 40, 60):  # up to and past the number of showable items
+        pool = rng.choice(np.arange(1, 41), 8, replace=False)
+        expected = c.catalogue_regret(logits, pool, excluded, k)
+        x = np.where(showable, logits, -np.inf)
+        p = np.exp(x - x[showable].max())
+        p /= p.sum()
+        kept = pool[showable[pool]]
+        assert expected == max(np.sort(p)[-k:].sum() - np.sort(p[kept])[-k:].sum(), 0.0)
+        assert c.catalogue_regret_trusted(logits, pool, showable, k) == expected

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from device.fusion import FusionConfig, fuse, fused_order, sigmoid, srm_order
+from device.fusion import FusionConfig, ListFusion, fuse, fused_order, sigmoid, srm_order
 from shared.errors import ConfigError, InvalidArgumentError
 
 LLM_SCORES = np.array([-1.0, -2.0, -3.0, -4.0])
@@ -64,3 +64,36 @@ def test_ties_keep_llm_order_and_bad_inputs_raise():
 
 def test_sigmoid_is_stable_for_large_logits():
     assert np.allclose(sigmoid(np.array([-1000.0, 0.0, 1000.0])), [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("config", [FusionConfig(), FusionConfig("linear", 0.3, "softmax", "rank"),
+                                    FusionConfig("linear", 0.7, "rank", "prob"), FusionConfig("llm"),
+                                    FusionConfig("srm")])
+def test_list_fusion_reused_across_events_equals_the_rule_bit_for_bit(config):
+    rng = np.random.default_rng(0)
+    llm = rng.normal(size=20)
+    slots = np.sort(rng.choice(30, 20, replace=False))  # a shrunken list of L = 30
+    plan = ListFusion(config, llm, positions=slots, length=30)
+    for _ in range(3):  # one plan, several events: the cached LLM term must not change
+        logits = np.round(rng.normal(size=20) * 3, 1)  # ties
+        probs = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        rank = -(slots + 1.0) / 30.0
+        if config.rule == "llm":
+            expected = rank
+        elif config.rule == "srm":
+            expected = probs
+        elif config.rule == "reference":
+            expected = rank + (probs - 0.5)
+        else:
+            llm_term = rank if config.llm_norm == "rank" else np.exp(llm - llm.max()) / np.exp(llm - llm.max()).sum()
+            ranks = np.empty(20)
+            ranks[np.argsort(-probs, kind="stable")] = np.arange(20)
+            srm_term = probs - 0.5 if config.srm_norm == "prob" else -(ranks + 1.0) / 20
+            expected = config.alpha * llm_term + (1.0 - config.alpha) * srm_term
+        assert np.array_equal(plan.fuse(logits), expected)
+        assert np.array_equal(fuse(config, llm, logits, positions=slots, length=30), expected)
+
+
+def test_sigmoid_equals_its_formula_bit_for_bit():
+    x = np.random.default_rng(1).normal(size=1000).astype(np.float32) * 10
+    assert np.array_equal(sigmoid(x), 0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64))))

@@ -187,3 +187,16 @@ def test_model_holder_update_from_cloud(onnx_dir, onnx_dir_v2, tmp_path):
     assert holder.update_from_cloud(_FakeClient(onnx_dir_v2)).status == "updated"
     assert holder.manifest.version == "v2"
     assert holder.update_from_cloud(_FakeClient(onnx_dir_v2)).status == "current"
+
+
+def test_trusted_scoring_skips_only_the_input_checks(onnx_dir, onnx_dir_v2, tmp_path):
+    reranker = load_reranker(onnx_dir)
+    hist, cand = _inputs(batch=2)
+    hist, cand = np.ascontiguousarray(hist, dtype=np.int64), np.ascontiguousarray(cand, dtype=np.int64)
+    assert np.array_equal(reranker.score_trusted(hist, cand), reranker.score(hist, cand))
+    holder = ModelHolder(reranker, tmp_path / "models")
+    assert np.array_equal(holder.score_trusted(hist, cand), reranker.score(hist, cand))
+    manifest, data = _source(onnx_dir_v2)
+    assert holder.check_for_update(lambda current: manifest, lambda m: [data]).status == "updated"
+    assert np.array_equal(holder.score_trusted(hist, cand), holder.current.score(hist, cand))
+    assert not np.array_equal(holder.score_trusted(hist, cand), reranker.score(hist, cand))

@@ -4,13 +4,15 @@ import math
 import numpy as np
 import pytest
 
+from device import consistency
 from device.fusion import FusionConfig
 from device.policy import Always, Budget, EveryN, Never, RandomRate
 from device.runtime import load_reranker
 from device.session import DeviceSession, SessionConfig
 from shared.errors import ConfigError, InvalidArgumentError, UnavailableError, UnknownItemError
 from shared.records import Candidate, CandidateRequest, CandidateResponse
-from tests.device.conftest import NUM_ITEMS, VOCAB_HASH
+from shared.sequences import pad_left
+from tests.device.conftest import HISTORY_LENGTH, NUM_ITEMS, VOCAB_HASH, write_artifact
 
 CONFIG = SessionConfig(user_id="u1", slate_size=5, num_candidates=12)
 
@@ -289,3 +291,55 @@ def test_model_swapped_by_holder_is_used_from_the_next_event(reranker, onnx_dir_
     assert holder.check_for_update(lambda current: manifest, lambda m: [data]).status == "updated"
     slate = session.on_event(21).slate
     assert slate.model_version == "v2" and session.build_request().device_model_version == "v2"
+
+
+class Recording(BrokenReranker):
+    """The real model, keeping a copy of every history it is given."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.seen = []
+
+    def score(self, histories, candidates):
+        self.seen.append(histories.copy())
+        return self.inner.score(histories, candidates)
+
+
+def test_model_input_is_the_padded_recent_history_on_every_event(reranker):
+    model = Recording(reranker)
+    session = make(model, history=(30, 29, 28), candidates=response(range(1, 13)))
+    for item in (1, 20, 2, 21, 3, 22, 4, 23, 5, 24, 6, 25, 20):  # listed and unlisted items; outgrows T = 8
+        session.on_event(item)
+        assert model.seen[-1].tolist() == pad_left([session.history], HISTORY_LENGTH).tolist()
+        check_slate(session)
+
+
+def test_swapped_model_with_another_history_length_scores_like_a_fresh_session(reranker, tmp_path):
+    from device.runtime import ModelHolder
+    from shared.manifest import read_manifest
+
+    short = write_artifact(tmp_path / "short", history_length=5, seed=1, version="v5")
+    holder = ModelHolder(reranker, tmp_path / "models")
+    session = make(holder, history=(30, 29, 28, 27), candidates=response(range(1, 13)))
+    session.on_event(1)
+    manifest = read_manifest(short)
+    data = (short / manifest.file_name).read_bytes()
+    assert holder.check_for_update(lambda current: manifest, lambda m: [data]).status == "updated"
+    slate = session.on_event(20).slate
+    fresh = make(load_reranker(short, vocab_hash=VOCAB_HASH), history=tuple(session.history),
+                 candidates=response(range(1, 13)))
+    assert slate.mode == "fusion" and slate.model_version == "v5"
+    assert (slate.items, slate.scores) == (fresh.slate().items, fresh.slate().scores)
+    assert session.last_score == fresh.last_score
+
+
+def test_regret_measure_scores_the_catalogue_without_consumed_items(reranker):
+    config = SessionConfig(user_id="u1", slate_size=5, num_candidates=12, measure="regret")
+    session = make(reranker, config=config, history=(30, 29), candidates=response(range(1, 13)))
+    catalogue = np.arange(1, NUM_ITEMS + 1)[None]
+    for item in (1, 20, 2, 29, 3, 21):
+        session.on_event(item)
+        logits = reranker.score(pad_left([session.history], HISTORY_LENGTH), catalogue)[0].astype(np.float64)
+        pool = [i for i in range(1, 13) if i not in session.history]
+        expected = consistency.catalogue_regret(np.concatenate([[0.0], logits]), pool, session.history, k=5)
+        assert session.last_score == expected
