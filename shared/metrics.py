@@ -39,15 +39,18 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
     return float(np.mean((ranks >= 0) & (ranks < k))) if ranks.size else 0.0
 
 
-def ndcg(ranks: np.ndarray, k: int) -> float:
-    """With one relevant item, NDCG@K = 1 / log2(rank + 2) inside the top K, else 0."""
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-example NDCG@K with one relevant item: 1 / log2(rank + 2) inside the top K, else 0."""
     ranks = np.asarray(ranks)
-    if not ranks.size:
-        return 0.0
     inside = (ranks >= 0) & (ranks < k)
     gains = np.zeros(ranks.shape, dtype=np.float64)
     gains[inside] = 1.0 / np.log2(ranks[inside] + 2.0)
-    return float(gains.mean())
+    return gains
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """Mean NDCG@K (see ndcg_gains); 0 for no examples."""
+    return float(ndcg_gains(ranks, k).mean()) if np.asarray(ranks).size else 0.0
 
 
 def mrr(ranks: np.ndarray, k: int) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.metrics import hit_rate, mrr, ndcg
+from shared.metrics import hit_rate, mrr, ndcg, ndcg_gains
 from shared.sequences import pad_left
 
 
@@ -29,8 +29,35 @@ def summarize(rows: dict[str, np.ndarray], k: int) -> dict:
         "bytes_down_per_event": float(np.sum(rows["bytes_down"]) / steps) if steps else 0.0,
         "latency_p50_ms": float(np.percentile(latency, 50)) if latency.size else None,
         "latency_p99_ms": float(np.percentile(latency, 99)) if latency.size else None,
+        PER_USER: per_user_ndcg(rows["user"], ranks),
     })
     return out
+
+
+PER_USER = "per_user_ndcg@10"  # each user's mean NDCG@10 over their steps, users in ascending id order
+
+
+def per_user_ndcg(users: np.ndarray, ranks: np.ndarray, k: int = 10) -> list[float]:
+    """Each user's mean NDCG@k over their steps, users in ascending id order (for paired comparisons)."""
+    if not len(ranks):
+        return []
+    _, index = np.unique(np.asarray(users), return_inverse=True)
+    sums = np.bincount(index, weights=ndcg_gains(ranks, k))
+    return np.round(sums / np.bincount(index), 6).tolist()
+
+
+def paired_difference(a, b, resamples: int = 2000, seed: int = 0) -> dict | None:
+    """Mean of a - b over users and its 95% bootstrap interval (users resampled, seeded); None when the
+    per-user lists differ in length. Two runs of one grid replay the same users and events, so pairing
+    them removes the spread between users that a comparison of two means would carry."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 0 or a.shape != b.shape:
+        return None
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, (resamples, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "ci95": [float(low), float(high)]}
 
 
 def device_only_ranks(streams, reranker, length: int, num_items: int, k: int, batch: int = 128) -> np.ndarray:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.figures import PER_USER, paired_difference
+
 METRIC = "ndcg@10"
 BAR_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
 PROTOCOL = """Protocol B (streaming replay, DESIGN.md section 4). Per user, the last S interactions form the
@@ -39,6 +41,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row[name] = float(np.mean(values)) if values else None
         values = [m[METRIC] for m in members]
         row["ndcg@10_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+        per_user = [m[PER_USER] for m in members if m.get(PER_USER)]
+        if per_user and len(per_user) == len(members) and len({len(p) for p in per_user}) == 1:
+            row[PER_USER] = np.mean(per_user, axis=0).tolist()  # mean over seeds, user by user
         out.append(row)
     return out
 
@@ -55,7 +60,7 @@ def evaluate_bars(metrics: dict) -> dict:
     """The three bars of the mission, each with its figures and met / not met (None = not measured)."""
     agg = metrics.get("aggregate") or aggregate(metrics.get("runs", []))
     bars = {}
-    per_budget, met = {}, True
+    per_budget, paired, met = {}, {}, True
     for budget in BAR_BUDGETS:
         c, r = _find(agg, "consistency-budget", "fusion", budget), _find(agg, "random-matched", "fusion", budget)
         if c is None or r is None:
@@ -63,15 +68,17 @@ def evaluate_bars(metrics: dict) -> dict:
             continue
         per_budget[f"{budget:.0%}"] = {"consistency": c[METRIC], "random": r[METRIC],
                                         "rate_consistency": c["request_rate"], "rate_random": r["request_rate"]}
+        paired[f"{budget:.0%}"] = _paired(c, r)
         met = met and c[METRIC] > r[METRIC] if met is not None else met
     bars["consistency_beats_chance"] = {"met": met if len(per_budget) == len(BAR_BUDGETS) else None,
-                                        "figures": per_budget}
+                                        "figures": per_budget, "paired": paired}
     fus, llm, srm = (_find(agg, "consistency-budget", f, 0.2) for f in ("fusion", "llm", "srm"))
     dev = metrics.get("device_only")
     if fus and llm and srm and dev:
         figs = {"fusion": fus[METRIC], "llm_only": llm[METRIC], "srm_only": srm[METRIC], "device_only": dev[METRIC]}
         ok = fus[METRIC] > max(llm[METRIC], srm[METRIC], dev[METRIC])
-        bars["collaboration_beats_either_side"] = {"met": ok, "figures": figs}
+        bars["collaboration_beats_either_side"] = {"met": ok, "figures": figs, "paired": {
+            "llm_only": _paired(fus, llm), "srm_only": _paired(fus, srm), "device_only": _paired(fus, dev)}}
     else:
         bars["collaboration_beats_either_side"] = {"met": None, "figures": {}}
     always = _find(agg, "always", "llm")
@@ -79,10 +86,18 @@ def evaluate_bars(metrics: dict) -> dict:
         bars["collaboration_saves_the_cloud"] = {
             "met": fus[METRIC] >= always[METRIC],
             "figures": {"fusion_consistency_20%": fus[METRIC], "llm_always": always[METRIC],
-                        "fusion_rate": fus["request_rate"], "llm_always_rate": always["request_rate"]}}
+                        "fusion_rate": fus["request_rate"], "llm_always_rate": always["request_rate"]},
+            "paired": {"llm_always": _paired(fus, always)}}
     else:
         bars["collaboration_saves_the_cloud"] = {"met": None, "figures": {}}
     return bars
+
+
+def _paired(run: dict, other: dict) -> dict | None:
+    """run - other, user by user (NDCG@10), with a 95% bootstrap interval; None without per-user figures."""
+    if not (run.get(PER_USER) and other.get(PER_USER)):
+        return None
+    return paired_difference(run[PER_USER], other[PER_USER])
 
 
 def _fmt(value, digits=4) -> str:
@@ -125,6 +140,10 @@ def _bar_lines(bars: dict) -> list[str]:
         figs = ", ".join(f"{k}: " + (", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()) if isinstance(v, dict)
                                      else _fmt(v)) for k, v in bar["figures"].items())
         lines.append(f"- {text}: {verdict}. {figs}")
+        paired = {k: v for k, v in bar.get("paired", {}).items() if v}
+        if paired:
+            lines.append("  Paired over users (difference of NDCG@10, 95% bootstrap interval): " + ", ".join(
+                f"vs {k} {v['diff']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for k, v in paired.items()))
     return lines
 
 

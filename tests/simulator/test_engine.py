@@ -124,6 +124,14 @@ def test_simulate_writes_metrics_rows_report_and_plots(tiny_dir, tmp_path):
     assert (out / "ndcg_vs_rate.png").stat().st_size > 1000
     assert (out / "rows" / "always-fusion-s0.csv").is_file()
     assert metrics["device_only"]["ndcg@10"] >= 0
+    # every run carries each user's NDCG@10; the bars quote paired differences with an interval
+    assert np.mean(twin["per_user_ndcg@10"]) == pytest.approx(twin["ndcg@10"], abs=1e-5)
+    assert len(twin["per_user_ndcg@10"]) == twin["users"]
+    paired = saved["bars"]["collaboration_beats_either_side"]["paired"]
+    assert set(paired) == {"llm_only", "srm_only", "device_only"}
+    assert paired["device_only"]["diff"] == pytest.approx(twin["ndcg@10"] - metrics["device_only"]["ndcg@10"],
+                                                          abs=1e-5)
+    assert "Paired over users" in report
 
 
 def test_interrupt_keeps_finished_runs_readable(tiny_dir, tmp_path, monkeypatch):
