@@ -154,3 +154,28 @@ def test_empty_catalogue_cannot_make_a_generator():
 
 def test_protocol_attributes(generator):
     assert generator.num_items == NUM_ITEMS and isinstance(generator.version, str) and generator.max_history == 12
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", ["atomic", "semantic"])
+def test_last_position_prompt_pass_gives_the_lists_of_the_full_forward(arch, kind):
+    """The prompt pass computes the last layer at the last position only (llama-style models): same lists."""
+    import torch
+
+    torch.set_num_threads(1)
+    ds = synthetic_dataset(num_items=NUM_ITEMS)
+    emb = np.random.default_rng(0).normal(size=(NUM_ITEMS, 8))
+    index = build_index(ds.items, TokenizerConfig(kind=kind, levels=2, codebook_size=4), embeddings=emb)
+    config = ModelConfig(**{**preset_defaults("tiny"), "arch": arch}, max_history=12)
+    gen = LLMGenerator(build_model(config, index.vocab_size, index.depth, seed=1), index, config.max_history)
+    assert (gen._last_layer is not None) == (arch != "gpt2")  # gpt2 keeps the plain forward
+    layers = gen.model.base_model.layers if arch != "gpt2" else gen.model.transformer.h
+    last = layers[-1]
+    seqs = ds.sequences()
+    histories = [list(seqs[0][:9]), [], list(seqs[1][:2]), list(seqs[2][:30]), [4]]  # padded rows, an empty one
+    fast = gen.generate(histories, 10, [[], [5, 6], [], [], []])
+    assert layers[-1] is last  # the model is left as it was
+    gen._last_layer = None
+    full = gen.generate(histories, 10, [[], [5, 6], [], [], []])
+    assert [[c.item for c in r] for r in fast] == [[c.item for c in r] for r in full]
+    assert np.allclose([[c.score for c in r] for r in fast], [[c.score for c in r] for r in full], atol=1e-5)
