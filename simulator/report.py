@@ -68,7 +68,7 @@ def evaluate_bars(metrics: dict) -> dict:
             continue
         per_budget[f"{budget:.0%}"] = {"consistency": c[METRIC], "random": r[METRIC],
                                         "rate_consistency": c["request_rate"], "rate_random": r["request_rate"]}
-        paired[f"{budget:.0%}"] = _paired(c, r)
+        paired[f"random@{budget:.0%}"] = _paired(c, r)
         met = met and c[METRIC] > r[METRIC] if met is not None else met
     bars["consistency_beats_chance"] = {"met": met if len(per_budget) == len(BAR_BUDGETS) else None,
                                         "figures": per_budget, "paired": paired}
