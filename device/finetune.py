@@ -16,8 +16,10 @@ from shared.errors import DataFormatError, InvalidArgumentError
 
 def finetune(ckpt: str | Path, fresh_sequences: Sequence[np.ndarray], budget_s: float, out: str | Path,
              first_fresh: Sequence[int] | None = None, vocab_hash: str | None = None, lr: float = 5e-4,
-             valid: Examples | None = None, seed: int = 0, return_figures: bool = False):
-    """Fine-tune `ckpt` on `fresh_sequences` for at most `budget_s` seconds; write a new versioned checkpoint.
+             valid: Examples | None = None, seed: int = 0, return_figures: bool = False,
+             max_epochs: int | None = None):
+    """Fine-tune `ckpt` on `fresh_sequences` for at most `budget_s` seconds (and at most `max_epochs` passes
+    when given); write a new versioned checkpoint.
 
     Each sequence is one user's items, oldest first. If `first_fresh[i]` is given, positions before it are
     context only: the loss is taken on next items at index >= first_fresh[i] (the new events). The new
@@ -43,7 +45,9 @@ def finetune(ckpt: str | Path, fresh_sequences: Sequence[np.ndarray], budget_s: 
     start = time.perf_counter()
     deadline = start + budget_s
     epochs, losses = 0, []
-    while time.perf_counter() < deadline:
+    if max_epochs is not None and max_epochs < 1:
+        raise InvalidArgumentError("max_epochs", max_epochs, "must be at least 1")
+    while time.perf_counter() < deadline and (max_epochs is None or epochs < max_epochs):
         arrays = training_arrays(model, sequences, config, rng, first_target=first_fresh)
         if not len(arrays[0]):
             break

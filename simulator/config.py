@@ -47,7 +47,7 @@ class RetrainConfig:
 
     every: int = 0  # stream events between re-trainings (global count); 0 = off
     budget_s: float = 20.0  # wall-time budget of one fine-tuning
-    epochs: int = 1
+    epochs: int = 1  # passes over the fresh events per fine-tuning (the budget may end it first)
 
     def __post_init__(self):
         check(self.every >= 0, "retrain.every", self.every, "must be >= 0 (0 = off)")

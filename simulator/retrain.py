@@ -56,7 +56,7 @@ class SrmRetrainer:
         # Each device's whole known sequence; the loss is taken on the stream events seen so far only.
         ckpt, _ = finetune(self.ckpt, [np.asarray(h) for h in histories], self.config.retrain.budget_s,
                            step / "ckpt", first_fresh=[len(p) for p in past], vocab_hash=dataset.vocab_hash,
-                           return_figures=True)
+                           return_figures=True, max_epochs=self.config.retrain.epochs)
         self.ckpt = Path(ckpt)
         exported = Path(export_checkpoint(self.ckpt, ("onnx",), step / "export")["onnx"])
         published = publish(exported, self.models_dir)  # what ModelService would now offer

@@ -9,7 +9,7 @@ import torch
 
 from device.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from shared.data.splits import loo_split, stream_split
-from shared.errors import CatalogMismatchError, UnknownItemError
+from shared.errors import CatalogMismatchError, InvalidArgumentError, UnknownItemError
 from tests.conftest import synthetic_dataset
 
 TINY = {"hidden": 32, "max_len": 12}
@@ -82,6 +82,12 @@ def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
         finetune(out / "srm.pt", [np.array([1, data.num_items + 1])], 1.0, tmp_path / "bad")
     with pytest.raises(CatalogMismatchError):
         finetune(out / "srm.pt", fresh, 1.0, tmp_path / "bad", vocab_hash="other")
+    # an epoch cap ends it before the time budget (the simulator's re-training passes retrain.epochs)
+    _, capped = finetune(out / "srm.pt", fresh, budget_s=30.0, out=tmp_path / "capped", first_fresh=[4, 1],
+                         return_figures=True, max_epochs=2)
+    assert capped["epochs"] == 2 and capped["seconds"] < 30.0
+    with pytest.raises(InvalidArgumentError):
+        finetune(out / "srm.pt", fresh, 1.0, tmp_path / "bad", max_epochs=0)
 
 
 def test_fresh_only_targets():
