@@ -39,6 +39,7 @@ from device.runtime import Reranker
 from shared.config import check
 from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
 from shared.records import CandidateRequest, CandidateResponse
+from shared.sequences import pad_left
 
 
 class CandidateSource(Protocol):
@@ -108,7 +109,7 @@ class DeviceSession:
                            if config.measure in consistency.CATALOGUE_MEASURES else None)
         self.history: list[int] = list(self._check_items("history", history))  # extended by on_event only
         self._consumed = set(self.history)
-        self._window = self._history_window(reranker.history_length)  # the model's input, rolled per event
+        self._window = pad_left([self.history], reranker.history_length)  # the model's input, rolled per event
         if self._catalogue is not None:  # showable[i]: item i may be shown (not consumed; 0 is padding)
             self._showable = np.ones(self.num_items + 1, dtype=bool)
             self._showable[0] = False
@@ -290,20 +291,12 @@ class DeviceSession:
     def _srm_logits(self, items: np.ndarray) -> np.ndarray | None:
         length = self.reranker.history_length
         if self._window.shape[1] != length:  # a swapped-in model with another history length
-            self._window = self._history_window(length)
+            self._window = pad_left([self.history], length)
         try:
             logits = self._score(self._window, items[None, :])[0].astype(np.float64)
         except LSC4RecError:
             return None
         return logits if np.isfinite(logits).all() else None
-
-    def _history_window(self, length: int) -> np.ndarray:
-        """(1, length) int64: the last `length` history items, left-padded with 0."""
-        recent = self.history[-length:]
-        window = np.zeros((1, length), dtype=np.int64)
-        if recent:
-            window[0, length - len(recent):] = recent
-        return window
 
     def _check_items(self, name: str, items) -> tuple[int, ...]:
         out = tuple(int(i) for i in items)

@@ -33,7 +33,7 @@ class LLMGenerator:
 
         self._child = [torch.from_numpy(c) for c in index.child]  # level l: (nodes_l, K_l)
         self._leaves = [torch.from_numpy(c) for c in index.leaves]  # level l: (nodes_l,)
-        self._last_layer = _LastPositionLayer.wrap(self.model)  # None: this architecture runs unchanged
+        self._last_layer = _last_position_layer(self.model)  # None: this architecture runs unchanged
         self._swap_lock = threading.Lock()
 
     @property
@@ -176,60 +176,49 @@ class LLMGenerator:
                 layers[-1] = original
 
 
-class _LastPositionLayer:
-    """Stand-in for a Llama-style decoder layer (llama, qwen2) that returns the last position only, (B, 1, H).
+def _last_position_layer(model):
+    """A stand-in for the last decoder layer of a Llama-style model (llama, qwen2; sdpa attention) that
+    returns the last position only, (B, 1, H); None when `model` is not one this is exact for.
 
-    Same modules and the same operations as the layer's own forward with sdpa attention, restricted to the
-    last query; the keys and values of every position go into the cache as the layer itself would put them.
+    Same modules and the same operations as the layer's own forward, restricted to the last query; the
+    keys and values of every position go into the cache as the layer itself would put them.
     """
+    import torch
 
-    @classmethod
-    def wrap(cls, model):
-        """The stand-in module for `model`'s last layer, or None if the model is not one this is exact for."""
-        import torch
+    config = getattr(model, "config", None)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if config is None or not layers:
+        return None
+    if getattr(config, "model_type", None) not in ("llama", "qwen2") or config._attn_implementation != "sdpa":
+        return None
+    layer = layers[-1]
+    attn = getattr(layer, "self_attn", None)
+    if attn is None or getattr(attn, "sliding_window", None) is not None:
+        return None
+    modeling = sys.modules.get(type(attn).__module__)
+    rope, repeat_kv = getattr(modeling, "apply_rotary_pos_emb", None), getattr(modeling, "repeat_kv", None)
+    if (rope is None or repeat_kv is None
+            or not all(hasattr(layer, p) for p in ("input_layernorm", "post_attention_layernorm", "mlp"))
+            or not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))):
+        return None
 
-        config = getattr(model, "config", None)
-        layers = getattr(getattr(model, "model", None), "layers", None)
-        if config is None or layers is None or len(layers) == 0:
-            return None
-        if getattr(config, "model_type", None) not in ("llama", "qwen2") or config._attn_implementation != "sdpa":
-            return None
-        layer = layers[-1]
-        attn = getattr(layer, "self_attn", None)
-        modeling = sys.modules.get(type(attn).__module__)
-        rope, repeat_kv = getattr(modeling, "apply_rotary_pos_emb", None), getattr(modeling, "repeat_kv", None)
-        parts = ("input_layernorm", "post_attention_layernorm", "mlp")
-        if (attn is None or rope is None or repeat_kv is None or getattr(attn, "sliding_window", None) is not None
-                or not all(hasattr(layer, p) for p in parts)
-                or not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))):
-            return None
+    class LastPosition(torch.nn.Module):
+        def forward(self, hidden, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+            bsz, length, _ = hidden.shape
+            x = layer.input_layernorm(hidden)
+            cos, sin = position_embeddings  # (B, T, head_dim)
+            q = attn.q_proj(x[:, -1:]).view(bsz, 1, -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(bsz, length, -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(bsz, length, -1, attn.head_dim).transpose(1, 2)
+            q, _ = rope(q, q, cos[:, -1:], sin[:, -1:])
+            _, k = rope(k, k, cos, sin)
+            if past_key_values is not None:
+                k, v = past_key_values.update(k, v, attn.layer_idx)
+            groups = attn.num_key_value_groups
+            mask = None if attention_mask is None else attention_mask[:, :, -1:, :]  # the last query's row
+            out = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups),
+                                                                   attn_mask=mask, scale=attn.scaling)
+            hidden = hidden[:, -1:] + attn.o_proj(out.transpose(1, 2).reshape(bsz, 1, -1))
+            return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
-        class Module(torch.nn.Module):
-            def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
-                        **kwargs):
-                return cls.forward(layer, rope, repeat_kv, hidden_states, attention_mask, position_embeddings,
-                                   past_key_values)
-
-        return Module()
-
-    @staticmethod
-    def forward(layer, rope, repeat_kv, hidden, attention_mask, position_embeddings, cache):
-        import torch
-
-        attn = layer.self_attn
-        bsz, length, _ = hidden.shape
-        x = layer.input_layernorm(hidden)
-        cos, sin = position_embeddings  # (B, T, head_dim)
-        q = attn.q_proj(x[:, -1:]).view(bsz, 1, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(bsz, length, -1, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(bsz, length, -1, attn.head_dim).transpose(1, 2)
-        q, _ = rope(q, q, cos[:, -1:], sin[:, -1:])
-        _, k = rope(k, k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v, attn.layer_idx)
-        groups = attn.num_key_value_groups
-        mask = None if attention_mask is None else attention_mask[:, :, -1:, :]  # the last query's row
-        out = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups),
-                                                               attn_mask=mask, scale=attn.scaling)
-        hidden = hidden[:, -1:] + attn.o_proj(out.transpose(1, 2).reshape(bsz, 1, -1))
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return LastPosition()
