@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from device.evaluate import evaluate, model_score_fn
 from device.models import build_model
+from device.models.common import dot_scores
 from shared.config import check, from_dict, to_dict
 from shared.data.splits import Examples, TrainSplit
 from shared.errors import CatalogMismatchError, ConfigError
@@ -101,7 +102,7 @@ def batch_loss(model, history: torch.Tensor, target: torch.Tensor, config: Train
             return F.cross_entropy(logits, target)
         negs = _negatives((len(target), config.negatives), n, gen)
         cands = torch.cat([target.unsqueeze(1), negs], dim=1)  # (P, 1 + K)
-        logits = (model.item_vectors(cands) * states.unsqueeze(1)).sum(-1)
+        logits = dot_scores(model.item_vectors(cands), states)
     else:
         if config.loss == "ce":
             return F.cross_entropy(model.score_all(history), target)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from device.models.common import NEG_INF, SequentialRecommender
+from device.models.common import NEG_INF, SequentialRecommender, dot_scores
 from shared.config import check
 
 
@@ -58,7 +58,7 @@ class GRU4Rec(SequentialRecommender):
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
         user = self.encode(history)[:, -1, :]  # (B, d)
-        return (self.item_vectors(candidates) * user.unsqueeze(1)).sum(-1)
+        return dot_scores(self.item_vectors(candidates), user)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         scores = self.encode(history)[:, -1, :] @ self.item_emb.weight.T

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from device.models.common import NEG_INF, SequentialRecommender
+from device.models.common import NEG_INF, SequentialRecommender, dot_scores
 from shared.config import check
 
 
@@ -125,7 +125,7 @@ class SASRec(SequentialRecommender):
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
         user = self.encode(history, last_only=True)[:, -1, :]  # (B, d): state after the most recent item
-        return (self.item_vectors(candidates) * user.unsqueeze(1)).sum(-1)
+        return dot_scores(self.item_vectors(candidates), user)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """(B, N + 1) logits over the catalogue; column 0 (padding) is NEG_INF."""
