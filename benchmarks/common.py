@@ -17,8 +17,18 @@ def machine() -> dict[str, Any]:
     for name in ("torch", "onnxruntime", "executorch", "grpc", "transformers", "numpy"):
         module = sys.modules.get(name)
         if module is not None:
-            info[name] = getattr(module, "__version__", "?")
+            info[name] = getattr(module, "__version__", None) or _distribution_version(name)
     return info
+
+
+def _distribution_version(name: str) -> str:
+    """The installed distribution's version, for modules without __version__ (executorch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
 
 
 def emit(figure: str, seed: int | None = None, **values: Any) -> None:
