@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from device.models.common import dot_scores
 from device.train import TrainConfig, load_checkpoint, make_checkpoint, save_checkpoint
 from shared.config import check
 from shared.data.splits import Examples, StreamSplit, TrainSplit
@@ -95,7 +96,7 @@ def listwise_loss(model, history: torch.Tensor, target: torch.Tensor, cands: tor
     items = torch.cat([target.unsqueeze(1), cands], dim=1)  # (B, 1 + N)
     if model.all_positions:
         user = model.encode(history)[:, -1, :]  # (B, d), shared by both terms
-        logits = (model.item_vectors(items) * user.unsqueeze(1)).sum(-1)
+        logits = dot_scores(model.item_vectors(items), user)
     else:
         user, logits = None, model(history, items)
     mask = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1),
