@@ -4,6 +4,8 @@ Also prints each exported variant's file size and its protocol A NDCG@10 (seen i
 Uses an existing checkpoint (LSC4REC_SRM_CKPT, default runs/srm-sasrec/srm.pt) or, if there is none,
 an untrained SASRec with the ML-100K shape (speed only; quality figures are then skipped).
 LSC4REC_BENCH_QUALITY=0 skips the quality figures; LSC4REC_BENCH_REPEAT sets the timed calls (1000).
+The variants take turns in 20 blocks (benchmarks.common.time_interleaved), so a busy minute on a shared
+machine slows them all alike; each figure also has the thread-CPU p50.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import emit, percentiles_us, time_calls
+from benchmarks.common import emit, percentiles_us, time_interleaved
 
 REPEAT = int(os.environ.get("LSC4REC_BENCH_REPEAT", "1000"))
 
@@ -71,7 +73,7 @@ def main() -> None:
         for num in (50, 100):
             h, c = ex.example_inputs(model.num_items, model.max_len, batch=1, num_candidates=num, seed=1)
             hn, cn = h.numpy(), c.numpy()
-            p50 = {}
+            calls = {}
             for variant, run in runners.items():
                 if run is None:
                     def call():
@@ -80,9 +82,13 @@ def main() -> None:
                 else:
                     def call(run=run):
                         run(hn, cn)
-                stats = percentiles_us(time_calls(call, repeat=REPEAT, warmup=50))
+                calls[variant] = call
+            p50 = {}
+            for variant, samples in time_interleaved(calls, repeat=REPEAT).items():
+                stats = percentiles_us(samples["wall"])
                 p50[variant] = stats["p50_us"]
-                emit("srm_rerank_latency", variant=variant, candidates=num, batch=1, threads=1, model=name, **stats)
+                emit("srm_rerank_latency", variant=variant, candidates=num, batch=1, threads=1, model=name,
+                     cpu_p50_us=percentiles_us(samples["cpu"])["p50_us"], interleaved=True, **stats)
             emit("srm_rerank_speedup", candidates=num, onnx_fp32_vs_eager=p50["torch-eager"] / p50["onnx-fp32"],
                  onnx_int8_vs_eager=p50["torch-eager"] / p50["onnx-int8"],
                  executorch_vs_eager=p50["torch-eager"] / p50["executorch-xnnpack"])

@@ -44,6 +44,30 @@ def percentiles_us(samples_s: list[float] | np.ndarray) -> dict[str, float]:
             "p99_us": float(np.percentile(arr, 99)), "mean_us": float(arr.mean()), "n": int(arr.size)}
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int = 1000, rounds: int = 20,
+                     warmup: int = 50) -> dict[str, dict[str, list[float]]]:
+    """Wall and thread-CPU time (seconds) of every call of each fn, the fns taking turns in `rounds` blocks.
+
+    Taking turns spreads a shared machine's slow minutes over every variant alike, so their ratios hold
+    even when the absolute figures drift; the CPU time leaves out the time the thread was descheduled.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {name: {"wall": [], "cpu": []} for name in fns}
+    per_round = max(1, repeat // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            wall, cpu = out[name]["wall"], out[name]["cpu"]
+            for _ in range(per_round):
+                start_cpu = time.thread_time()
+                start = time.perf_counter()
+                fn()
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.thread_time() - start_cpu)
+    return out
+
+
 def time_calls(fn: Callable[[], Any], repeat: int = 1000, warmup: int = 50) -> list[float]:
     """Wall time of each call, in seconds, after a warm-up."""
     for _ in range(warmup):
