@@ -13,7 +13,8 @@ import numpy as np
 from benchmarks.common import emit
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINED = ROOT / "runs" / "srm-sasrec" / "export" / "onnx"
+# Trained exports, first found wins: a `lsc4rec export srm` run, then the one `make demo` serves.
+TRAINED = (ROOT / "runs" / "srm-sasrec" / "export" / "onnx", ROOT / "runs" / "demo" / "srm-coop" / "onnx")
 STANDIN = ROOT / "runs" / "bench-device" / "standin"
 
 # Exports an untrained SASRec of the reference size (2 blocks, d = 64, T = 50, ML-100K's 1,682 items) when no
@@ -40,9 +41,10 @@ print(json.dumps(figures))
 
 
 def model_folder() -> tuple[Path, str]:
-    """The trained SASRec export if the SRM run left one, else a cached untrained stand-in."""
-    if (TRAINED / "manifest.json").is_file():
-        return TRAINED, "trained"
+    """A trained SASRec export if an SRM run or the demo left one, else a cached untrained stand-in."""
+    for folder in TRAINED:
+        if (folder / "manifest.json").is_file():
+            return folder, "trained"
     if not (STANDIN / "onnx" / "manifest.json").is_file():
         subprocess.run([sys.executable, "-c", _EXPORT.format(out=str(STANDIN))], check=True, cwd=ROOT,
                        stdout=subprocess.DEVNULL)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
          cpu_p50_us=regret["event_cpu_p50_us"], session_overhead_p50_us=regret["overhead_p50_us"],
          events=regret["events"], num_candidates=50, measure="regret", threads=1, pinned_cpu=args.cpu,
          target_p50_us=500, target_p99_us=2000, **common)
-    int8 = TRAINED.parent / "onnx-int8"
+    int8 = model.parent / "onnx-int8"
     if kind == "trained" and (int8 / "manifest.json").is_file():
         quant = device_figures(int8, args.events, args.cpu)
         emit("device_event_latency_int8", seed=0, p50_us=quant["event_p50_us"], p99_us=quant["event_p99_us"],
