@@ -8,7 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from shared.config import check
@@ -33,24 +33,73 @@ class BatcherConfig:
         check(0 <= self.max_wait_ms <= 1000, "batch.max_wait_ms", self.max_wait_ms, "must be in 0..1000")
 
 
-@dataclass
 class _Pending:
-    request: CandidateRequest
-    deadline: float | None  # time.monotonic() seconds, None = no deadline
-    future: Future = field(default_factory=Future)
-    submitted: float = field(default_factory=time.monotonic)
-    waiter: asyncio.Future | None = None  # an event loop's future, woken once `future` is settled (generate_async)
+    """One queued request and the way its answer goes back to the caller.
+
+    A thread's caller (`submit`) gets a concurrent `Future`. An event loop's caller (`generate_async`) gets
+    the answer in `outcome`, handed to its loop future `waiter` by `_wake`: no Future, no lock per request.
+    """
+
+    __slots__ = ("request", "deadline", "submitted", "future", "waiter", "abandoned", "outcome")
+
+    def __init__(self, request: CandidateRequest, deadline: float | None, submitted: float,
+                 future: Future | None = None, waiter: asyncio.Future | None = None):
+        self.request = request
+        self.deadline = deadline  # time.monotonic() seconds, None = no deadline
+        self.submitted = submitted
+        self.future = future
+        self.waiter = waiter
+        self.abandoned = False  # (waiter) set on the loop once nobody waits: answered, late or cancelled
+        self.outcome: tuple[list[Candidate] | None, BaseException | None] | None = None  # (waiter) result, error
+
+    def claim(self) -> bool:
+        """Worker, before the model runs: True if the answer is still wanted (then it is computed)."""
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.abandoned
+
+    def drop(self) -> None:
+        """Worker: the deadline passed in the queue; the caller gets DEADLINE_EXCEEDED."""
+        if self.future is not None:
+            self.future.cancel()
+        else:
+            self.outcome = (None, _late())
+
+    def set_result(self, candidates: list[Candidate]) -> None:
+        if self.future is not None:
+            self.future.set_result(candidates)
+        else:
+            self.outcome = (candidates, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self.future is not None:
+            self.future.set_exception(exc)
+        else:
+            self.outcome = (None, exc)
 
 
 def _late() -> DeadlineError:
     return DeadlineError("the deadline passed while the request waited for the generator")
 
 
-def _wake(waiters: list[asyncio.Future]) -> None:
-    """On the event loop: wake the coroutines of one batch (their answers are in their own `future`)."""
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
+def _wake(batch: list[_Pending]) -> None:
+    """On the event loop: hand the answers of one batch to their waiting coroutines."""
+    for p in batch:
+        waiter = p.waiter
+        if waiter.done():  # late (its timer fired) or cancelled: nobody reads it
+            continue
+        if p.outcome is None:  # the worker failed before answering it (a bug): INTERNAL at the boundary
+            waiter.set_exception(RuntimeError("the micro-batcher ended the batch without an answer"))
+        elif p.outcome[1] is not None:
+            waiter.set_exception(p.outcome[1])
+        else:
+            waiter.set_result(p.outcome[0])
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    """On the event loop, at the request's deadline: answer DEADLINE_EXCEEDED unless the answer came first."""
+    if not waiter.done():
+        waiter.set_exception(_late())
 
 
 class MicroBatcher:
@@ -87,14 +136,15 @@ class MicroBatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, request: CandidateRequest, deadline: float | None = None,
-               waiter: asyncio.Future | None = None) -> Future:
+    def submit(self, request: CandidateRequest, deadline: float | None = None) -> Future:
         """Queue a validated request; the future resolves to its candidate list (best first)."""
+        return self._enqueue(_Pending(request, deadline, self._clock(), future=Future())).future
+
+    def _enqueue(self, pending: _Pending) -> _Pending:
         if self._stopping.is_set() or self._thread is None:
             raise UnavailableError("the generator is not accepting requests (draining or not started)")
-        pending = _Pending(request, deadline, waiter=waiter)
         self._queue.put(pending)
-        return pending.future
+        return pending
 
     def generate(self, request: CandidateRequest, deadline: float | None = None) -> list[Candidate]:
         """Submit and wait until the answer or the deadline; a late request is cancelled (dropped)."""
@@ -111,24 +161,19 @@ class MicroBatcher:
 
         The worker wakes all the coroutines of a batch with one `call_soon_threadsafe` (not one per request):
         each hand-over to the loop releases the GIL, and a busy loop takes up to the switch interval to give it back.
+        The deadline is a plain loop timer (cheaper than `asyncio.timeout_at`, which this path once used).
         """
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        future = self.submit(request, deadline, waiter)
-        when = None if deadline is None else loop.time() + max(0.0, deadline - self._clock())
+        pending = self._enqueue(_Pending(request, deadline, self._clock(), waiter=waiter))
+        timer = None if deadline is None else loop.call_at(loop.time() + max(0.0, deadline - self._clock()),
+                                                          _expire, waiter)
         try:
-            async with asyncio.timeout_at(when):
-                await waiter
-        except TimeoutError:
-            future.cancel()  # still queued: the worker drops it instead of computing it
-            raise _late() from None
-        except asyncio.CancelledError:
-            future.cancel()  # the call went away (client cancelled, deadline hit, server stopping)
-            raise
-        try:
-            return future.result(timeout=0)
-        except CancelledError:  # the worker dropped it: its deadline passed in the queue
-            raise _late() from None
+            return await waiter
+        finally:
+            pending.abandoned = True  # answered, late or the call went away: if still queued, the worker drops it
+            if timer is not None:
+                timer.cancel()
 
     def _run(self) -> None:
         while True:
@@ -172,11 +217,11 @@ class MicroBatcher:
         try:
             self._compute(batch)
         finally:
-            waiters: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = defaultdict(list)
+            waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = defaultdict(list)
             for p in batch:
                 if p.waiter is not None:
-                    waiters[p.waiter.get_loop()].append(p.waiter)
-            for loop, group in waiters.items():
+                    waiting[p.waiter.get_loop()].append(p)
+            for loop, group in waiting.items():
                 try:
                     loop.call_soon_threadsafe(_wake, group)
                 except RuntimeError:  # that loop is closed: nobody waits any more
@@ -188,8 +233,8 @@ class MicroBatcher:
         for p in batch:
             if p.deadline is not None and p.deadline <= now:
                 self.dropped += 1
-                p.future.cancel()
-            elif p.future.set_running_or_notify_cancel():
+                p.drop()
+            elif p.claim():
                 live.append(p)
             else:
                 self.dropped += 1  # the caller gave up (cancelled) before we started
@@ -206,7 +251,7 @@ class MicroBatcher:
                                             [p.request.exclude for p in group])
         except Exception as exc:  # noqa: BLE001 - handed to each caller, mapped at the boundary
             if len(group) == 1:
-                group[0].future.set_exception(exc)
+                group[0].set_exception(exc)
                 return
             # One bad row must not fail its neighbours: run them one by one.
             log.warning("[request_id=%s] batch of %d failed (%s: %s); retrying one by one",
@@ -215,10 +260,10 @@ class MicroBatcher:
                 self._generate_one(n, p)
             return
         for p, candidates in zip(group, lists):
-            p.future.set_result(candidates)
+            p.set_result(candidates)
 
     def _generate_one(self, n: int, p: _Pending) -> None:
         try:
-            p.future.set_result(self.generator.generate([p.request.history], n, [p.request.exclude])[0])
+            p.set_result(self.generator.generate([p.request.history], n, [p.request.exclude])[0])
         except Exception as exc:  # noqa: BLE001 - handed to the caller, mapped at the boundary
-            p.future.set_exception(exc)
+            p.set_exception(exc)

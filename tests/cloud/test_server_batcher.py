@@ -105,6 +105,32 @@ def test_one_failing_row_does_not_fail_its_batch_neighbours():
         batcher.stop()
 
 
+def test_generate_async_gets_its_own_rows_answer_or_error_in_a_shared_batch():
+    gen = GatedGenerator(fail=True)  # fails on histories of length 3
+    batcher = MicroBatcher(gen, BatcherConfig(max_batch_size=8, max_wait_ms=50)).start()
+
+    async def scenario():
+        gen.gate.clear()
+        blocker = batcher.submit(req())  # a thread's caller, batched with the loop's callers below
+        await asyncio.get_running_loop().run_in_executor(None, gen.entered.wait, 5)
+        bad = asyncio.ensure_future(batcher.generate_async(req(history=(1, 2, 3)), deadline=time.monotonic() + 5))
+        good = asyncio.ensure_future(batcher.generate_async(req(history=(4, 5))))
+        thread_caller = batcher.submit(req(history=(6,)))
+        await asyncio.sleep(0.02)
+        gen.gate.set()
+        with pytest.raises(RuntimeError, match="boom"):
+            await bad
+        return await good, thread_caller.result(5), blocker.result(5)
+
+    try:
+        good, threaded, first = asyncio.run(scenario())
+    finally:
+        gen.gate.set()
+        batcher.stop()
+    assert [c.item for c in good] == [50, 49, 48] and len(threaded) == 3 and len(first) == 3
+    assert gen.batches[:2] == [1, 3]  # the three queued callers shared one call (then the retry one by one)
+
+
 def test_stop_finishes_queued_work_then_refuses():
     gen = GatedGenerator()
     batcher = MicroBatcher(gen, BatcherConfig(max_batch_size=2, max_wait_ms=0)).start()
