@@ -70,11 +70,4 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int = 1000, roun
 
 def time_calls(fn: Callable[[], Any], repeat: int = 1000, warmup: int = 50) -> list[float]:
     """Wall time of each call, in seconds, after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
+    return time_interleaved({"fn": fn}, repeat=repeat, rounds=1, warmup=warmup)["fn"]["wall"]
