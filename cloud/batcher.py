@@ -63,19 +63,16 @@ class _Pending:
         if self.future is not None:
             self.future.cancel()
         else:
-            self.outcome = (None, _late())
+            self.settle(None, _late())
 
-    def set_result(self, candidates: list[Candidate]) -> None:
-        if self.future is not None:
+    def settle(self, candidates: list[Candidate] | None, error: BaseException | None = None) -> None:
+        """Worker: the answer (or the error) to the thread's future, or to `outcome` for the loop's `_wake`."""
+        if self.future is None:
+            self.outcome = (candidates, error)
+        elif error is None:
             self.future.set_result(candidates)
         else:
-            self.outcome = (candidates, None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        if self.future is not None:
-            self.future.set_exception(exc)
-        else:
-            self.outcome = (None, exc)
+            self.future.set_exception(error)
 
 
 def _late() -> DeadlineError:
@@ -251,7 +248,7 @@ class MicroBatcher:
                                             [p.request.exclude for p in group])
         except Exception as exc:  # noqa: BLE001 - handed to each caller, mapped at the boundary
             if len(group) == 1:
-                group[0].set_exception(exc)
+                group[0].settle(None, exc)
                 return
             # One bad row must not fail its neighbours: run them one by one.
             log.warning("[request_id=%s] batch of %d failed (%s: %s); retrying one by one",
@@ -260,10 +257,10 @@ class MicroBatcher:
                 self._generate_one(n, p)
             return
         for p, candidates in zip(group, lists):
-            p.set_result(candidates)
+            p.settle(candidates)
 
     def _generate_one(self, n: int, p: _Pending) -> None:
         try:
-            p.set_result(self.generator.generate([p.request.history], n, [p.request.exclude])[0])
+            p.settle(self.generator.generate([p.request.history], n, [p.request.exclude])[0])
         except Exception as exc:  # noqa: BLE001 - handed to the caller, mapped at the boundary
-            p.set_exception(exc)
+            p.settle(None, exc)

@@ -40,6 +40,7 @@ from shared.config import check
 from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
 from shared.records import CandidateRequest, CandidateResponse
 from shared.sequences import pad_left
+from shared.wire import check_items
 
 
 class CandidateSource(Protocol):
@@ -107,7 +108,7 @@ class DeviceSession:
         # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
         self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
                            if config.measure in consistency.CATALOGUE_MEASURES else None)
-        self.history: list[int] = list(self._check_items("history", history))  # extended by on_event only
+        self.history: list[int] = list(check_items("history", history, self.num_items))  # extended by on_event only
         self._consumed = set(self.history)
         self._window = pad_left([self.history], reranker.history_length)  # the model's input, rolled per event
         if self._catalogue is not None:  # showable[i]: item i may be shown (not consumed; 0 is padding)
@@ -240,7 +241,7 @@ class DeviceSession:
     def _validate(self, response: CandidateResponse) -> tuple[np.ndarray, np.ndarray]:
         items = np.array([c.item for c in response.candidates], dtype=np.int64)
         scores = np.array([c.score for c in response.candidates], dtype=np.float64)
-        self._check_items("candidates.item", items.tolist())
+        check_items("candidates.item", items.tolist(), self.num_items)
         if len(set(items.tolist())) != items.size:
             raise InvalidArgumentError("candidates.item", items.tolist(), "contains duplicates")
         if not np.isfinite(scores).all():
@@ -298,9 +299,3 @@ class DeviceSession:
             return None
         return logits if np.isfinite(logits).all() else None
 
-    def _check_items(self, name: str, items) -> tuple[int, ...]:
-        out = tuple(int(i) for i in items)
-        for n, item in enumerate(out):
-            if not 1 <= item <= self.num_items:
-                raise UnknownItemError(f"{name}[{n}]", item, f"not an item id (catalogue is 1..{self.num_items})")
-        return out
