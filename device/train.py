@@ -95,14 +95,19 @@ def batch_loss(model, history: torch.Tensor, target: torch.Tensor, config: Train
     if model.all_positions:
         states = model.encode(history)  # (B, T, d)
         mask = target > 0
+        offsets = None if model.history_bias is None else model.history_bias.positions(history, n + 1)[mask]
         states, target = states[mask], target[mask]  # (P, d), (P,)
         if config.loss == "ce":
             logits = states @ model.item_vectors(torch.arange(n + 1)).T  # (P, N + 1)
+            if offsets is not None:
+                logits = logits + offsets
             logits[:, 0] = -1e9
             return F.cross_entropy(logits, target)
         negs = _negatives((len(target), config.negatives), n, gen)
         cands = torch.cat([target.unsqueeze(1), negs], dim=1)  # (P, 1 + K)
         logits = dot_scores(model.item_vectors(cands), states)
+        if offsets is not None:
+            logits = logits + offsets.gather(1, cands)
     else:
         if config.loss == "ce":
             return F.cross_entropy(model.score_all(history), target)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from device.models.common import SequentialRecommender
+from device.models.common import HistoryBias, SequentialRecommender
 from shared.config import check
 
 
@@ -20,6 +20,7 @@ class DINConfig:
     attention_units: int = 64
     mlp_units: int = 64
     dropout: float = 0.2
+    history_bias: bool = False  # learn a score offset for items already in the history (HistoryBias)
 
     def __post_init__(self):
         check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
@@ -46,6 +47,7 @@ class DIN(SequentialRecommender):
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         nn.init.zeros_(self.item_bias.weight)
+        self.history_bias = HistoryBias(config.max_len) if config.history_bias else None
 
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
@@ -62,4 +64,5 @@ class DIN(SequentialRecommender):
         weights = weights * keep.unsqueeze(1) / keep.sum(1).clamp(min=1.0).view(b, 1, 1)
         pooled = (weights.unsqueeze(-1) * hh).sum(2)  # (B, C, d)
         pair = torch.cat([pooled, q, pooled * q], dim=-1)  # (B, C, 3d)
-        return self.mlp(pair).squeeze(-1) + (pooled * q).sum(-1) + self.item_bias(candidates).squeeze(-1)
+        scores = self.mlp(pair).squeeze(-1) + (pooled * q).sum(-1) + self.item_bias(candidates).squeeze(-1)
+        return self.with_history_bias(scores, history, candidates)

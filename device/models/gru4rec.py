@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from device.models.common import NEG_INF, SequentialRecommender, dot_scores
+from device.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
 from shared.config import check
 
 
@@ -20,6 +20,7 @@ class GRU4RecConfig:
     gru_hidden: int = 128
     layers: int = 1
     dropout: float = 0.3
+    history_bias: bool = False  # learn a score offset for items already in the history (HistoryBias)
 
     def __post_init__(self):
         check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
@@ -40,6 +41,7 @@ class GRU4Rec(SequentialRecommender):
         self.gru = nn.GRU(config.hidden, config.gru_hidden, num_layers=config.layers, batch_first=True)
         self.out = nn.Linear(config.gru_hidden, config.hidden)
         nn.init.normal_(self.item_emb.weight, std=0.02)
+        self.history_bias = HistoryBias(config.max_len) if config.history_bias else None
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         """(B, T) int64, 0 = padding (left) -> (B, T, d); position t has seen items <= t.
@@ -58,9 +60,9 @@ class GRU4Rec(SequentialRecommender):
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
         user = self.encode(history)[:, -1, :]  # (B, d)
-        return dot_scores(self.item_vectors(candidates), user)
+        return self.with_history_bias(dot_scores(self.item_vectors(candidates), user), history, candidates)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-        scores = self.encode(history)[:, -1, :] @ self.item_emb.weight.T
+        scores = self.with_history_bias(self.encode(history)[:, -1, :] @ self.item_emb.weight.T, history)
         scores[:, 0] = NEG_INF
         return scores

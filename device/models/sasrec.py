@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from device.models.common import NEG_INF, SequentialRecommender, dot_scores
+from device.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
 from shared.config import check
 
 
@@ -25,6 +25,7 @@ class SASRecConfig:
     dropout: float = 0.2
     scale_embeddings: bool = True  # item embeddings x sqrt(d) before positions are added (SASRec paper; RecBole: no)
     tied_output: bool = True  # score with the input item embeddings (SASRec, RecBole); False = a table of its own
+    history_bias: bool = False  # learn a score offset for items already in the history (HistoryBias)
 
     def __post_init__(self):
         check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
@@ -87,6 +88,7 @@ class SASRec(SequentialRecommender):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.apply(self._init)
+        self.history_bias = HistoryBias(config.max_len) if config.history_bias else None
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -125,11 +127,11 @@ class SASRec(SequentialRecommender):
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
         user = self.encode(history, last_only=True)[:, -1, :]  # (B, d): state after the most recent item
-        return dot_scores(self.item_vectors(candidates), user)
+        return self.with_history_bias(dot_scores(self.item_vectors(candidates), user), history, candidates)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """(B, N + 1) logits over the catalogue; column 0 (padding) is NEG_INF."""
         table = self.item_emb if self.out_emb is None else self.out_emb
-        scores = self.encode(history, last_only=True)[:, -1, :] @ table.weight.T
+        scores = self.with_history_bias(self.encode(history, last_only=True)[:, -1, :] @ table.weight.T, history)
         scores[:, 0] = NEG_INF
         return scores

@@ -64,6 +64,21 @@ def test_parity_eager_onnx_pte_on_dynamic_shapes(model, exported, b, c):
     assert int8.shape == eager.shape and np.abs(int8 - eager).max() <= ex.INT8_RTOL * np.abs(eager).max() + 1e-6
 
 
+def test_history_bias_exports_with_parity(tmp_path):
+    torch.manual_seed(0)
+    biased = build_model("sasrec", {"num_items": N, "max_len": T, "hidden": 32, "history_bias": True}).eval()
+    with torch.no_grad():
+        biased.history_bias.raw.copy_(-torch.arange(T) / 10.0)
+    h, cands = _inputs(3, 40)  # 40 candidates among 30 items: most rows repeat history items
+    with torch.no_grad():
+        eager = biased(h, cands).numpy()
+    for fmt, run in (("onnx", ex.onnx_runner), ("pte", ex.pte_runner)):
+        folder = ex.export_one(biased, "sasrec", "v", fmt, tmp_path)
+        path = folder / ("model.onnx" if fmt == "onnx" else "model.pte")
+        rows = [run(path)(h[i:i + 1].numpy(), cands[i:i + 1].numpy()) for i in range(3)]
+        assert np.abs(np.concatenate(rows) - eager).max() <= ex.PARITY_ATOL
+
+
 def test_failed_parity_leaves_nothing(model, tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "PARITY_ATOL", -1.0)
     with pytest.raises(ex.ExportError, match="tolerance"):

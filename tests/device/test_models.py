@@ -94,6 +94,41 @@ def test_sasrec_untied_output_scores_with_its_own_table():
     assert tied.out_emb is None and untied.out_emb is not untied.item_emb
 
 
+def with_age_offsets(name: str):
+    """A tiny model with a history bias whose offset for age a (0 = the most recent item) is a + 1."""
+    torch.manual_seed(0)
+    model = build_model(name, {**TINY, "history_bias": True}).eval()
+    with torch.no_grad():
+        model.history_bias.raw.copy_((torch.arange(T) + 1.0) / model.history_bias.STEP_SCALE)
+    return model
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_history_bias_offsets_the_history_items_by_their_age(name):
+    model = with_age_offsets(name)
+    plain = build_model(name, dict(TINY)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("history_bias")})
+    history = torch.tensor([[0] * (T - 3) + [7, 9, 4], list(range(1, T + 1))])
+    cands = torch.tensor([[4, 9, 7, 5, 1], [T, 1, T + 1, 2, 3]])
+    with torch.no_grad():
+        offsets = model(history, cands) - plain(history, cands)
+        full = model.score_all(history)
+    assert torch.allclose(offsets, torch.tensor([[1.0, 2, 3, 0, 0], [1, T, 0, T - 1, T - 2]]), atol=1e-5)
+    assert torch.allclose(full.gather(1, cands), model(history, cands), atol=1e-5)
+    assert (full[:, 0] < -1e8).all()  # padding slots add to column 0, which stays NEG_INF
+
+
+def test_history_bias_per_position_offsets_see_only_the_past():
+    """Training adds `positions` to every position's logits: position t sees items <= t with their ages."""
+    bias = with_age_offsets("sasrec").history_bias
+    history = torch.tensor([[0] * (T - 4) + [7, 9, 4, 8]])
+    with torch.no_grad():
+        per_position = bias.positions(history, N + 1)  # (1, T, N + 1)
+        assert torch.allclose(per_position[:, -1, 1:], bias.catalogue(history, N + 1)[:, 1:])
+        third = per_position[0, T - 2]  # after 7, 9, 4: 8 is still in the future
+    assert third[[4, 9, 7, 8]].tolist() == [1.0, 2.0, 3.0, 0.0]
+
+
 def test_long_histories_keep_the_most_recent_items():
     long = list(range(1, 31))
     history, cands = make_inputs([long, [5, 6]], [[1, 2], [3, 4]], max_len=T, num_items=N)

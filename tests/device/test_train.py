@@ -65,6 +65,17 @@ def test_every_model_and_loss_trains(data, name, loss):
     assert all(np.isfinite(losses)) and ckpt["metrics"]["valid_ndcg@10"] >= 0
 
 
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_history_bias_learns_that_the_ring_walk_does_not_repeat(data, loss):
+    """The synthetic users never revisit the item they just left: the learned offset for the most recent
+    item turns negative (it starts at 0)."""
+    model, _ = train("sasrec", {**TINY, "history_bias": True}, TrainConfig(epochs=3, batch_size=16, lr=5e-3,
+                     loss=loss, negatives=8, threads=1), loo_split(data), data.num_items, data.vocab_hash,
+                     progress=False)
+    offsets = model.history_bias.by_age.detach()
+    assert offsets[0] < -0.5, offsets
+
+
 def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
     from device.finetune import finetune
 
