@@ -96,15 +96,15 @@ def listwise_loss(model, history: torch.Tensor, target: torch.Tensor, cands: tor
     items = torch.cat([target.unsqueeze(1), cands], dim=1)  # (B, 1 + N)
     if model.all_positions:
         user = model.encode(history)[:, -1, :]  # (B, d), shared by both terms
-        logits = dot_scores(model.item_vectors(items), user)
+        logits = model.with_history_bias(dot_scores(model.item_vectors(items), user), history, items)
     else:
         user, logits = None, model(history, items)
     mask = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1),
                       (cands == target.unsqueeze(1)) | (cands == 0)], dim=1)
     loss = F.cross_entropy(logits.masked_fill(mask, -1e9), torch.zeros(len(target), dtype=torch.long))
     if ce_weight:
-        full = (user @ model.item_vectors(torch.arange(model.num_items + 1)).T if user is not None
-                else model.score_all(history))
+        full = (model.with_history_bias(user @ model.item_vectors(torch.arange(model.num_items + 1)).T, history)
+                if user is not None else model.score_all(history))
         full[:, 0] = -1e9
         loss = loss + ce_weight * F.cross_entropy(full, target)
     return loss

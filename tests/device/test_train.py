@@ -76,6 +76,31 @@ def test_history_bias_learns_that_the_ring_walk_does_not_repeat(data, loss):
     assert offsets[0] < -0.5, offsets
 
 
+def test_listwise_loss_scores_as_the_model_does(data):
+    """The cooperative loss takes a shortcut for all-position models; it must score like `forward`
+    (history bias included) and like `score_all` for its full-catalogue term."""
+    import torch.nn.functional as F
+
+    from device.coop import listwise_loss
+    from device.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sasrec", {**TINY, "history_bias": True, "num_items": data.num_items}).eval()
+    with torch.no_grad():
+        model.history_bias.raw.fill_(-0.2)
+    history = torch.randint(1, data.num_items + 1, (4, 12))
+    target = torch.randint(1, data.num_items + 1, (4,))
+    cands = torch.cat([history[:, -3:], torch.randint(1, data.num_items + 1, (4, 5))], dim=1)  # some seen
+    cands = torch.where(cands == target.unsqueeze(1), cands % data.num_items + 1, cands)
+    first = torch.zeros(4, dtype=torch.long)  # the target leads each list
+    with torch.no_grad():
+        listwise = F.cross_entropy(model(history, torch.cat([target.unsqueeze(1), cands], 1)), first)
+        full = F.cross_entropy(model.score_all(history), target)
+        assert torch.allclose(listwise_loss(model, history, target, cands), listwise, atol=1e-5)
+        both = listwise_loss(model, history, target, cands, ce_weight=0.5)
+        assert torch.allclose(both, listwise + 0.5 * full, atol=1e-5)
+
+
 def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
     from device.finetune import finetune
 
