@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import torch
+from onnxscript.rewriter import common_passes, pattern
 from torch import nn
 
 from shared.errors import LSC4RecError
@@ -88,11 +90,72 @@ def _dynamic_shapes(config: ExportConfig, fmt: str):
     return {"history": {0: batch}, "candidates": {0: batch, 1: cands}}
 
 
+class AttentionOnHiddenStates(pattern.RewriteRuleClassBase):
+    """Reshape + Transpose into heads -> Attention -> Transpose + Reshape back, as exported from
+    `scaled_dot_product_attention`, becomes one Attention on the (B, S, d) states with `q_num_heads` /
+    `kv_num_heads` (opset 23's 3-D form). The same arithmetic with 16 fewer nodes for a 2-block SASRec:
+    about 8% less time per call with onnxruntime 1.32 on one thread here."""
+
+    def pattern(self, op, q, k, v, mask, q_shape, k_shape, v_shape, out_shape):
+        def heads(x, shape):  # (B, S, d) -> (B, H, S, d/H)
+            return op.Transpose(op.Reshape(x, shape), perm=[0, 2, 1, 3])
+
+        y = op.Attention(heads(q, q_shape), heads(k, k_shape), heads(v, v_shape), mask, _outputs=["y"])
+        return op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), out_shape)
+
+    def check(self, context, q_shape, k_shape, v_shape, out_shape, **_):
+        result = pattern.MatchResult()
+        shapes = [ir.convenience.get_const_tensor(s) for s in (q_shape, k_shape, v_shape, out_shape)]
+        if any(s is None for s in shapes):
+            return result.fail("the head shapes are not constants")
+        heads = {int(s.numpy()[2]) for s in shapes[:3] if s.numpy().size == 4}
+        if len(heads) != 1 or shapes[3].numpy().size not in (2, 3):
+            return result.fail("not a (B, S, H, d/H) split with one head count, merged back to (B, S, d) or (B S, d)")
+        self._heads = heads.pop()
+        self._flat = shapes[3].numpy().size == 2
+        return result
+
+    def rewrite(self, op, q, k, v, mask, y, out_shape, **_):
+        attributes = dict(y.producer().attributes)  # scale, is_causal, softcap, ... as exported
+        y = op.Attention(q, k, v, mask, q_num_heads=self._heads, kv_num_heads=self._heads, **attributes)
+        return op.Reshape(y, out_shape) if self._flat else y
+
+
+class GemmAsMatMulAdd(pattern.RewriteRuleClassBase):
+    """Gemm(a, W, b) with constant W -> MatMul(a, W') + Add(b): onnxruntime's dynamic int8 quantisation
+    handles MatMul but not Gemm, and SASRec's Linear layers export as Gemm (see its `encode`)."""
+
+    def pattern(self, op, a, w, b):
+        return op.Gemm(a, w, b, _outputs=["y"])
+
+    def check(self, context, w, y, **_):
+        result = pattern.MatchResult()
+        attributes = y.producer().attributes
+        if (ir.convenience.get_const_tensor(w) is None or attributes.get_int("transA", 0)
+                or attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_float("beta", 1.0) != 1.0):
+            return result.fail("not a plain Gemm with constant weights")
+        return result
+
+    def rewrite(self, op, a, w, b, y, **_):
+        weights = ir.convenience.get_const_tensor(w).numpy()
+        if y.producer().attributes.get_int("transB", 0):
+            weights = weights.T
+        weights = op.initializer(ir.tensor(np.ascontiguousarray(weights)), name=f"{w.name}_matmul")
+        return op.Add(op.MatMul(a, weights), b)
+
+
+def _rewrite_onnx(model: ir.Model, *rules: type[pattern.RewriteRuleClassBase]) -> None:
+    pattern.RewriteRuleSet([rule.rule() for rule in rules]).apply_to_model(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+
+
 def write_onnx(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:
-    """Dynamo exporter at ONNX_OPSET: dynamic batch and candidate axes, fixed history length."""
+    """Dynamo exporter at ONNX_OPSET: dynamic batch and candidate axes, fixed history length; attention
+    rewritten onto the hidden states (AttentionOnHiddenStates)."""
     program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=["history", "candidates"],
                                 output_names=["scores"], dynamic_shapes=_dynamic_shapes(config, "onnx"),
                                 external_data=False, verbose=False, opset_version=ONNX_OPSET)
+    _rewrite_onnx(program.model, AttentionOnHiddenStates)
     program.save(str(path))
 
 
@@ -100,6 +163,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the weights (activations stay float) with onnxruntime."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = ir.load(src)
+    _rewrite_onnx(model, GemmAsMatMulAdd)
+    ir.save(model, src)
     # Only matrix products and embedding lookups: onnxruntime 1.32 maps the standard (opset 23) Attention
     # node to its contrib QAttention, which rejects that node's attributes.
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"])

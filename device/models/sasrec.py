@@ -42,18 +42,18 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.hidden, config.hidden)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int) -> torch.Tensor:
-        # x: (B, T, d); allowed: (B, 1, Q, T) bool, True where query q may look at key s. Only the last
-        # `queries` positions are computed as queries (all T are keys and values): (B, Q, d).
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q = q[:, t - queries:]
-        q, k, v = (z.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int) -> torch.Tensor:
+        # x: (B T, d) rows of B histories; allowed: (B, 1, Q, T) bool, True where query q may look at key s.
+        # Only the last `queries` positions are computed as queries (all T are keys and values): (B Q, d).
+        d = x.shape[1]
+        q, k, v = self.qkv(x).reshape(batch, -1, 3 * d).split(d, dim=2)
+        q = q[:, q.shape[1] - queries:]
+        q, k, v = (z.reshape(batch, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         # softmax(q k^T / sqrt(d/H) masked) v, with dropout on the weights; one fused op in eager torch and
         # one Attention node in ONNX opset 23 (fewer, faster nodes than the spelled-out form).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, Q, d/H)
-        return self.proj(y.transpose(1, 2).reshape(b, queries, d))
+        return self.proj(y.transpose(1, 2).reshape(batch * queries, d))
 
 
 class Block(nn.Module):
@@ -68,9 +68,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden, eps=1e-12)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int) -> torch.Tensor:
-        """(B, T, d) -> (B, Q, d): the states of the last Q = `queries` positions."""
-        x = self.norm1(x[:, x.shape[1] - queries:] + self.drop(self.attn(x, allowed, queries)))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int) -> torch.Tensor:
+        """(B T, d) -> (B Q, d): the states of the last Q = `queries` positions of each history."""
+        attended = self.drop(self.attn(x, allowed, batch, queries))
+        if x.shape[0] != batch * queries:  # fewer queries than positions: the residual is their rows only
+            x = x.reshape(batch, -1, x.shape[1])[:, -queries:].reshape(batch * queries, -1)
+        x = self.norm1(x + attended)
         return self.norm2(x + self.ff(x))
 
 
@@ -101,7 +104,9 @@ class SASRec(SequentialRecommender):
         """(B, T) int64, 0 = padding (left) -> (B, T, d) causal states; position t has seen items <= t.
 
         With `last_only`, (B, 1, d): the final block computes only the most recent position (the one
-        scoring needs), which skips most of its work; the result equals the last row of the full one.
+        scoring needs), which skips most of its work. It equals the last row of the full result, except that
+        it is not zeroed for an all-padding history (4 graph nodes less per call; such a history has no
+        information either way, and its scores are then the same for every user).
         """
         t = history.shape[1]
         keep = history > 0  # (B, T)
@@ -115,10 +120,15 @@ class SASRec(SequentialRecommender):
         # Keys must be real items; the diagonal stays open so padded rows never attend to nothing.
         allowed = (causal & keep.unsqueeze(1)) | torch.eye(t, dtype=torch.bool, device=history.device)
         allowed = allowed.unsqueeze(1)  # (B, 1, T, T)
+        b, d = history.shape[0], x.shape[2]
+        # The blocks work on (B T, d) rows, not (B, T, d): each Linear is then one Gemm node in ONNX instead
+        # of MatMul + Add, about 5% less time per call (onnxruntime 1.32, one thread).
+        x = x.reshape(b * t, d)
         for i, block in enumerate(self.blocks):
-            queries = 1 if last_only and i == len(self.blocks) - 1 else x.shape[1]
-            x = block(x, allowed[:, :, t - queries:], queries)
-        return x * keep[:, t - x.shape[1]:].unsqueeze(-1)
+            queries = 1 if last_only and i == len(self.blocks) - 1 else t
+            x = block(x, allowed[:, :, t - queries:], b, queries)
+        x = x.reshape(b, -1, d)
+        return x if last_only else x * keep.unsqueeze(-1)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Output embeddings (tied to the input ones by default): (…,) -> (…, d)."""

@@ -64,6 +64,23 @@ def test_parity_eager_onnx_pte_on_dynamic_shapes(model, exported, b, c):
     assert int8.shape == eager.shape and np.abs(int8 - eager).max() <= ex.INT8_RTOL * np.abs(eager).max() + 1e-6
 
 
+def test_onnx_graph_rewrites(model, exported):
+    """fp32: attention runs on the (B, S, d) states (no head reshapes); int8: every Linear is quantised."""
+    import onnx
+
+    _, folders = exported
+    fp32 = onnx.load(folders["onnx"] / "model.onnx").graph.node
+    attention = [n for n in fp32 if n.op_type == "Attention"]
+    assert len(attention) == model.config.layers and not [n for n in fp32 if n.op_type == "Transpose"]
+    for node in attention:
+        heads = {a.name: a.i for a in node.attribute if a.name.endswith("num_heads")}
+        assert heads == {"q_num_heads": model.config.heads, "kv_num_heads": model.config.heads}
+    assert sum(n.op_type == "Gemm" for n in fp32) == 4 * model.config.layers
+    int8 = onnx.load(folders["onnx-int8"] / "model.onnx").graph.node
+    assert not [n for n in int8 if n.op_type == "Gemm"]
+    assert sum(n.op_type == "MatMulInteger" for n in int8) == 4 * model.config.layers
+
+
 def test_history_bias_exports_with_parity(tmp_path):
     torch.manual_seed(0)
     biased = build_model("sasrec", {"num_items": N, "max_len": T, "hidden": 32, "history_bias": True}).eval()
