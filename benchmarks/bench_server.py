@@ -2,7 +2,8 @@
 
 Figures (one JSON line each):
   server_load       N concurrent devices for --seconds: requests/s, p50/p99, counts per status, lost, and the
-                    server's CPU ms per request (steadier than requests/s on a shared machine)
+                    server's and the load client's CPU ms per request (steadier than requests/s on a shared
+                    machine; the client shares the same cores)
   server_batching   the real generator at --batch-clients concurrent clients, batch size 1 vs --max-batch
 The server runs in its own process (as in production); the devices are grpc.aio coroutines in this one.
 """
@@ -214,17 +215,18 @@ async def _load(address: str, devices: int, seconds: float, requests: list, time
                 state["late"] += elapsed > timeout_s + 0.5  # ended, but not before its deadline
                 i += devices
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         tasks = [asyncio.ensure_future(device(k)) for k in range(devices)]
         await asyncio.wait(tasks, timeout=seconds + timeout_s + 10)
         for task in tasks:
             task.cancel()
-        wall = time.perf_counter() - began
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     lat = np.asarray(latencies) * 1000.0
     return {"requests": state["finished"], "requests_per_s": state["finished"] / wall,
             "ok_per_s": codes["OK"] / wall, "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None, "codes": dict(codes),
-            "lost": state["started"] - state["finished"] + state["late"], "wall_s": wall}
+            "lost": state["started"] - state["finished"] + state["late"], "wall_s": wall,
+            "client_cpu_ms_per_request": 1000.0 * cpu / max(state["finished"], 1)}  # shares the cores with the server
 
 
 def run_load(server: ServerProcess, devices: int, seconds: float, requests: list, timeout_s: float) -> dict:
