@@ -42,12 +42,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.hidden, config.hidden)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int) -> torch.Tensor:
-        # x: (B T, d) rows of B histories; allowed: (B, 1, Q, T) bool, True where query q may look at key s.
-        # Only the last `queries` positions are computed as queries (all T are keys and values): (B Q, d).
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor, batch: int) -> torch.Tensor:
+        # x: (B T, d) rows of B histories, all keys and values; rows: (B Q, d), the last Q of each history, the
+        # queries (x itself when Q = T); allowed: (B, 1, Q, T) bool, True where query q may look at key s.
         d = x.shape[1]
-        q, k, v = self.qkv(x).reshape(batch, -1, 3 * d).split(d, dim=2)
-        q = q[:, q.shape[1] - queries:]
+        if rows is x:
+            q, k, v = self.qkv(x).reshape(batch, -1, 3 * d).split(d, dim=2)
+        else:  # project only the query rows to queries
+            w, b = self.qkv.weight, self.qkv.bias  # sliced, not split: exported slices of weights fold to weights
+            q = F.linear(rows, w[:d], b[:d]).reshape(batch, -1, d)
+            k, v = F.linear(x, w[d:], b[d:]).reshape(batch, -1, 2 * d).split(d, dim=2)
+        queries = q.shape[1]
         q, k, v = (z.reshape(batch, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         # softmax(q k^T / sqrt(d/H) masked) v, with dropout on the weights; one fused op in eager torch and
         # one Attention node in ONNX opset 23 (fewer, faster nodes than the spelled-out form).
@@ -70,10 +75,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int) -> torch.Tensor:
         """(B T, d) -> (B Q, d): the states of the last Q = `queries` positions of each history."""
-        attended = self.drop(self.attn(x, allowed, batch, queries))
+        rows = x
         if x.shape[0] != batch * queries:  # fewer queries than positions: the residual is their rows only
-            x = x.reshape(batch, -1, x.shape[1])[:, -queries:].reshape(batch * queries, -1)
-        x = self.norm1(x + attended)
+            rows = x.reshape(batch, -1, x.shape[1])[:, -queries:].reshape(batch * queries, -1)
+        x = self.norm1(rows + self.drop(self.attn(x, rows, allowed, batch)))
         return self.norm2(x + self.ff(x))
 
 
@@ -136,7 +141,7 @@ class SASRec(SequentialRecommender):
 
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
-        user = self.encode(history, last_only=True)[:, -1, :]  # (B, d): state after the most recent item
+        user = self.encode(history, last_only=True).reshape(-1, self.config.hidden)  # (B, d): after the last item
         return self.with_history_bias(dot_scores(self.item_vectors(candidates), user), history, candidates)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
