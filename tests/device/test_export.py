@@ -75,7 +75,7 @@ def test_onnx_graph_rewrites(model, exported):
     for node in attention:
         heads = {a.name: a.i for a in node.attribute if a.name.endswith("num_heads")}
         assert heads == {"q_num_heads": model.config.heads, "kv_num_heads": model.config.heads}
-    linears = 4 * model.config.layers + 1  # the last block projects its query row apart from keys and values
+    linears = 4 * model.config.layers
     assert sum(n.op_type == "Gemm" for n in fp32) == linears
     int8 = onnx.load(folders["onnx-int8"] / "model.onnx").graph.node
     assert not [n for n in int8 if n.op_type == "Gemm"]
