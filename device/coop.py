@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from device.models import build_model
 from device.models.common import dot_scores
 from device.train import TrainConfig, load_checkpoint, make_checkpoint, save_checkpoint
 from shared.config import check
@@ -36,6 +37,7 @@ class CoopConfig:
     batch_size: int = 128
     lr: float = 5e-4
     ce_weight: float = 0.5  # weight of the full-catalogue CE kept beside the listwise loss
+    from_scratch: bool = False  # True: train the base's architecture from fresh weights, not fine-tune the base
     patience: int = 3
     seed: int = 0
     threads: int = 1
@@ -239,8 +241,9 @@ def _coop_config(args) -> CoopConfig:
 
 
 def coop_main(args, dataset) -> int:
-    """`train srm --coop`: start from --resume (or train independently first), fine-tune on the lists,
-    and report both models on protocol B re-ranking of the generator's session-start lists."""
+    """`train srm --coop`: start from --resume (or train independently first), fine-tune on the lists (or, with
+    `from_scratch`, train the same architecture from fresh weights on them), and report both models on
+    protocol B re-ranking of the generator's session-start lists."""
     import copy
 
     from shared.cli import emit
@@ -263,7 +266,11 @@ def coop_main(args, dataset) -> int:
     cache = Path(args.out) / "candidate-cache"
     lists = protocol_b_lists(stream, generator, config.num_candidates, cache)
     before = protocol_b_rerank(base, stream, lists)
-    model, ckpt = coop_train(copy.deepcopy(base), parent["model"], split, generator, config, dataset.vocab_hash,
+    start = copy.deepcopy(base)
+    if config.from_scratch:  # cooperative training from the start: same architecture, fresh weights
+        torch.manual_seed(config.seed)
+        start = build_model(parent["model"], parent["model_config"])
+    model, ckpt = coop_train(start, parent["model"], split, generator, config, dataset.vocab_hash,
                              cache, out=args.out, parent=parent.get("version"))
     after = protocol_b_rerank(model, stream, lists)
     figures = {"protocol": "B (session-start list, re-ranked at every stream step, no requests)",

@@ -199,3 +199,33 @@ def test_cli_train_eval_export(tmp_path, capsys):
     rc = main(["eval", "srm", "--data", str(tmp_path / "data"), "--artifact", str(tmp_path / "x" / "onnx"), "--json"])
     from_artifact = json.loads(capsys.readouterr().out)
     assert rc == 0 and from_artifact["ndcg@10"] == pytest.approx(figures["ndcg@10"], abs=1e-9)
+
+
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypatch, capsys, from_scratch):
+    """`train srm --coop --resume CKPT`: fine-tunes the base's weights, or with coop.from_scratch=true trains
+    the same architecture from fresh (seeded) weights."""
+    from device import coop
+    from device.models import build_model
+    from shared.data.dataset import write_dataset
+    from simulator.cli import main
+
+    data = synthetic_dataset(num_users=30, num_items=40, min_len=16, max_len=22)
+    write_dataset(data, tmp_path / "data")
+    assert main(["train", "srm", "--data", str(tmp_path / "data"), "--model", "sasrec", "--out", str(tmp_path / "base"),
+                 "--config", "configs/srm/tiny.toml", "--set", "train.epochs=1", "--json"]) == 0
+    capsys.readouterr()
+    base, base_ckpt = load_checkpoint(tmp_path / "base" / "srm.pt", data.vocab_hash)
+    started: list = []
+    real = coop.coop_train
+    monkeypatch.setattr(coop, "coop_train", lambda model, *a, **k: started.append(
+        {n: t.detach().clone() for n, t in model.state_dict().items()}) or real(model, *a, **k))
+    assert main(["train", "srm", "--data", str(tmp_path / "data"), "--model", "sasrec", "--coop", "--resume",
+                 str(tmp_path / "base" / "srm.pt"), "--generator", "popularity", "--out", str(tmp_path / "coop"),
+                 "--set", f"coop.from_scratch={'true' if from_scratch else 'false'}", "--set", "coop.epochs=1",
+                 "--set", "coop.num_candidates=5", "--set", "coop.histories_per_user=2", "--json"]) == 0
+    torch.manual_seed(0)  # CoopConfig's default seed
+    fresh = build_model("sasrec", base_ckpt["model_config"]).state_dict()
+    expected = fresh if from_scratch else base.state_dict()
+    assert all(torch.equal(started[0][n], expected[n]) for n in expected)
+    assert "coop/srm/ndcg@10" in json.loads(capsys.readouterr().out)
