@@ -163,7 +163,8 @@ def write_onnx(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the weights (activations stay float) with onnxruntime."""
+    """Dynamic int8 quantisation of the weights (activations stay float) with onnxruntime. `src` (export_one's
+    temporary fp32 file) is first rewritten in place so that every Linear is a MatMul (GemmAsMatMulAdd)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = ir.load(src)
