@@ -139,12 +139,16 @@ class SASRec(SequentialRecommender):
 
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
-        user = self.encode(history, last_only=True).reshape(-1, self.config.hidden)  # (B, d): after the last item
+        user = self.user_state(history)
         return self.with_history_bias(dot_scores(self.item_vectors(candidates), user), history, candidates)
+
+    def user_state(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, d): the state after the most recent item, the vector every item is scored against."""
+        return self.encode(history, last_only=True).reshape(-1, self.config.hidden)
 
     def score_all(self, history: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """(B, N + 1) logits over the catalogue; column 0 (padding) is NEG_INF."""
         table = self.item_emb if self.out_emb is None else self.out_emb
-        scores = self.with_history_bias(self.encode(history, last_only=True)[:, -1, :] @ table.weight.T, history)
+        scores = self.with_history_bias(self.user_state(history) @ table.weight.T, history)
         scores[:, 0] = NEG_INF
         return scores
