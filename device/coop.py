@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from device.models import build_model
 from device.models.common import dot_scores
-from device.train import TrainConfig, load_checkpoint, make_checkpoint, save_checkpoint
+from device.train import (ListLoss, ListTraining, TrainConfig, list_cross_entropy, load_checkpoint, make_checkpoint,
+                          save_checkpoint, train, train_config_from)
 from shared.config import check
 from shared.data.splits import Examples, StreamSplit, TrainSplit
 from shared.metrics import summarize
@@ -37,6 +38,7 @@ class CoopConfig:
     batch_size: int = 128
     lr: float = 5e-4
     ce_weight: float = 0.5  # weight of the full-catalogue CE kept beside the listwise loss
+    listed_only: bool = False  # the listwise loss only where the target is in the list (device.train.ListLoss)
     from_scratch: bool = False  # True: train the base's architecture from fresh weights, not fine-tune the base
     patience: int = 3
     seed: int = 0
@@ -92,7 +94,7 @@ def candidate_lists(generator, histories, n: int, lag: int, cache_dir: str | Pat
 
 
 def listwise_loss(model, history: torch.Tensor, target: torch.Tensor, cands: torch.Tensor,
-                  ce_weight: float = 0.0) -> torch.Tensor:
+                  ce_weight: float = 0.0, listed_only: bool = False) -> torch.Tensor:
     """Softmax CE over [target + candidates] (a candidate equal to the target, or padding, is masked),
     plus `ce_weight` x the full-catalogue CE so the model keeps ranking items outside the lists."""
     items = torch.cat([target.unsqueeze(1), cands], dim=1)  # (B, 1 + N)
@@ -101,9 +103,7 @@ def listwise_loss(model, history: torch.Tensor, target: torch.Tensor, cands: tor
         logits = model.with_history_bias(dot_scores(model.item_vectors(items), user), history, items)
     else:
         user, logits = None, model(history, items)
-    mask = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1),
-                      (cands == target.unsqueeze(1)) | (cands == 0)], dim=1)
-    loss = F.cross_entropy(logits.masked_fill(mask, -1e9), torch.zeros(len(target), dtype=torch.long))
+    loss = list_cross_entropy(logits, target, cands, listed_only)
     if ce_weight:
         full = (model.with_history_bias(user @ model.item_vectors(torch.arange(model.num_items + 1)).T, history)
                 if user is not None else model.score_all(history))
@@ -136,6 +136,47 @@ def list_order_ranks(targets: np.ndarray, lists: np.ndarray) -> np.ndarray:
     return np.where(hit.any(1), hit.argmax(1), -1)
 
 
+def list_figures(model, valid: Examples, valid_lists: np.ndarray) -> dict:
+    """Validation NDCG@10 over the candidate lists: what cooperative training selects its epoch on."""
+    ranks = rerank_ranks(model, valid.histories, valid.targets, valid_lists)
+    return {f"valid_list_{k}": v for k, v in summarize(ranks, (10,)).items()}
+
+
+def coop_from_scratch(model_name: str, parent: dict, split: TrainSplit, generator, config: CoopConfig,
+                      vocab_hash: str, cache_dir: str | Path | None, out: str | Path | None = None,
+                      progress: bool = True):
+    """Cooperative training from the start for all-position models (SASRec, GRU4Rec): the base's recipe
+    (`parent`'s train config, with the coop learning rate, epochs, patience and batch size) plus the listwise
+    loss at every position of every training sequence, each against its own list; the epoch is chosen on the
+    validation lists. One encode serves all positions of a window, so an epoch costs about what an
+    independent epoch does (the one-list-per-sample path of `coop_train` took ~95 s per epoch on ML-100K).
+    Every position gets a list, whatever `histories_per_user` says. Returns (model, checkpoint dict)."""
+    every = training_examples(split, max(len(seq) for seq in split.train))
+    lists = candidate_lists(generator, every.histories, config.num_candidates, config.lag, cache_dir,
+                            config.generate_batch)
+    ends = np.cumsum([max(0, len(seq) - 1) for seq in split.train])
+    per_sequence = np.split(lists, ends[:-1])  # (len - 1, N) each: the lists of targets seq[1:]
+    valid_lists = candidate_lists(generator, split.valid.histories, config.num_candidates, config.lag, cache_dir,
+                                  config.generate_batch)
+    train_config = train_config_from(parent, seed=config.seed, lr=config.lr, epochs=config.epochs,
+                                     patience=config.patience, batch_size=config.batch_size, threads=config.threads)
+    task = ListTraining(per_sequence, ListLoss(config.ce_weight, config.listed_only),
+                        lambda m: list_figures(m, split.valid, valid_lists))
+    model, ckpt = train(model_name, parent["model_config"], train_config, split, parent["num_items"], vocab_hash,
+                        progress=progress, coop=task)
+    return model, _finish(ckpt, config, generator, out, parent.get("version"))
+
+
+def _finish(ckpt: dict, config: CoopConfig, generator, out: str | Path | None, parent: str | None) -> dict:
+    """The cooperative checkpoint's lineage (parent, generator, coop config), written to `out/srm.pt`."""
+    from shared.config import to_dict
+
+    ckpt.update(parent=parent, coop_config=to_dict(config), generator_version=generator.version)
+    if out is not None:
+        save_checkpoint(ckpt, Path(out) / "srm.pt")
+    return ckpt
+
+
 def coop_train(model, model_name: str, split: TrainSplit, generator, config: CoopConfig, vocab_hash: str,
                cache_dir: str | Path | None, out: str | Path | None = None, parent: str | None = None,
                progress: bool = True):
@@ -154,8 +195,7 @@ def coop_train(model, model_name: str, split: TrainSplit, generator, config: Coo
     ce_config = TrainConfig(loss="ce")
 
     def score() -> dict:
-        r = rerank_ranks(model, split.valid.histories, split.valid.targets, valid_lists)
-        return {f"valid_list_{k}": v for k, v in summarize(r, (10,)).items()}
+        return list_figures(model, split.valid, valid_lists)
 
     best_fig = score()
     # The starting weights compete too: if no epoch beats them, the result is the model we started from.
@@ -167,7 +207,8 @@ def coop_train(model, model_name: str, split: TrainSplit, generator, config: Coo
         for idx in np.array_split(rng.permutation(len(hist)), max(1, len(hist) // config.batch_size)):
             h = torch.from_numpy(hist[idx])
             t = torch.from_numpy(train_ex.targets[idx])
-            loss = listwise_loss(model, h, t, torch.from_numpy(train_lists[idx]), config.ce_weight)
+            loss = listwise_loss(model, h, t, torch.from_numpy(train_lists[idx]), config.ce_weight,
+                                 config.listed_only)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -184,13 +225,8 @@ def coop_train(model, model_name: str, split: TrainSplit, generator, config: Coo
                 break
     model.load_state_dict(best_state)
     model.eval()
-    from shared.config import to_dict
-    ckpt = make_checkpoint(model_name, model, ce_config, vocab_hash, {**best_fig}, "stream", history, parent)
-    ckpt["coop_config"] = to_dict(config)
-    ckpt["generator_version"] = generator.version
-    if out is not None:
-        save_checkpoint(ckpt, Path(out) / "srm.pt")
-    return model, ckpt
+    ckpt = make_checkpoint(model_name, model, ce_config, vocab_hash, {**best_fig}, "stream", history)
+    return model, _finish(ckpt, config, generator, out, parent)
 
 
 def protocol_b_lists(stream: StreamSplit, generator, n: int, cache_dir) -> np.ndarray:
@@ -266,12 +302,16 @@ def coop_main(args, dataset) -> int:
     cache = Path(args.out) / "candidate-cache"
     lists = protocol_b_lists(stream, generator, config.num_candidates, cache)
     before = protocol_b_rerank(base, stream, lists)
-    start = copy.deepcopy(base)
-    if config.from_scratch:  # cooperative training from the start: same architecture, fresh weights
-        torch.manual_seed(config.seed)
-        start = build_model(parent["model"], parent["model_config"])
-    model, ckpt = coop_train(start, parent["model"], split, generator, config, dataset.vocab_hash,
-                             cache, out=args.out, parent=parent.get("version"))
+    if config.from_scratch and base.all_positions:  # from the start, every position of every sequence at once
+        model, ckpt = coop_from_scratch(parent["model"], parent, split, generator, config, dataset.vocab_hash,
+                                        cache, out=args.out)
+    else:
+        start = copy.deepcopy(base)
+        if config.from_scratch:  # DIN: same architecture, fresh weights, one list per sampled history
+            torch.manual_seed(config.seed)
+            start = build_model(parent["model"], parent["model_config"])
+        model, ckpt = coop_train(start, parent["model"], split, generator, config, dataset.vocab_hash,
+                                 cache, out=args.out, parent=parent.get("version"))
     after = protocol_b_rerank(model, stream, lists)
     figures = {"protocol": "B (session-start list, re-ranked at every stream step, no requests)",
                "generator": generator.version, "users": len(stream), "seed": config.seed,

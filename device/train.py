@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -51,14 +51,38 @@ class TrainConfig:
         check(self.time_limit_s >= 0, "time_limit_s", self.time_limit_s, "must be 0 (none) or positive")
 
 
+@dataclass(frozen=True)
+class ListLoss:
+    """How cooperative training scores a candidate list (device.coop): softmax CE over [target + list]."""
+
+    ce_weight: float = 1.0  # weight of the full-catalogue CE added beside the listwise loss
+    # True: only positions whose target is in the list count (the serving case: the device re-ranks the list, and
+    # its ranking matters only when the target is there). False: the target is inserted into every list.
+    listed_only: bool = False
+
+
+@dataclass(frozen=True)
+class ListTraining:
+    """Cooperative training from the start on every position (device.coop): the candidate list of each training
+    target, the loss over them, and the validation that picks the epoch."""
+
+    lists: Sequence[np.ndarray]  # per training sequence, (len - 1, N): the list for each target seq[1:]
+    loss: ListLoss
+    validate: Callable[[torch.nn.Module], dict]  # model -> figures, including `metric`
+    metric: str = "valid_list_ndcg@10"
+
+
 def _windows(sequences: Sequence[np.ndarray], length: int, rng: np.random.Generator,
-             first_target: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             first_target: Sequence[int] | None = None,
+             lists: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
     """Cut each sequence into (input, next-item target) windows of `length`, left-padded with 0.
 
     Window ends shift randomly each epoch so every position is sometimes deep inside a window.
     Targets at positions before `first_target[i]` are 0 (not trained on): used for fresh-only loss.
+    With `lists` (per sequence, (len - 1, N): the candidate list of each target seq[1:]), a third
+    array (W, length, N) holds each window position's list (0 rows where the window is padded).
     """
-    inputs, targets = [], []
+    inputs, targets, spans = [], [], []
     for i, seq in enumerate(sequences):
         seq = np.asarray(seq, dtype=np.int64)
         x, y = seq[:-1], seq[1:].copy()
@@ -71,7 +95,14 @@ def _windows(sequences: Sequence[np.ndarray], length: int, rng: np.random.Genera
             if y[max(0, end - length):end].any():
                 inputs.append(x[max(0, end - length):end])
                 targets.append(y[max(0, end - length):end])
-    return pad_left(inputs, length), pad_left(targets, length)
+                spans.append((i, max(0, end - length), end))
+    arrays = (pad_left(inputs, length), pad_left(targets, length))
+    if lists is None:
+        return arrays
+    window_lists = np.zeros((len(spans), length, lists[0].shape[1] if lists else 0), dtype=np.int64)
+    for w, (i, start, end) in enumerate(spans):
+        window_lists[w, length - (end - start):] = lists[i][start:end]
+    return arrays + (window_lists,)
 
 
 def _prefixes(sequences: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,10 +119,32 @@ def _negatives(shape: tuple[int, ...], num_items: int, gen: torch.Generator) -> 
     return torch.randint(1, num_items + 1, shape, generator=gen)
 
 
+def list_cross_entropy(logits: torch.Tensor, target: torch.Tensor, cands: torch.Tensor,
+                       listed_only: bool = False) -> torch.Tensor:
+    """Softmax CE of `logits` (P, 1 + N) over [target + cands (P, N)], the target first; a candidate equal to
+    the target, or padding (0), is masked. The listwise loss of cooperative training. With `listed_only`, the
+    mean is over the rows whose target is among `cands` (0 if there is none)."""
+    listed = cands == target.unsqueeze(1)
+    mask = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1), listed | (cands == 0)], dim=1)
+    losses = F.cross_entropy(logits.masked_fill(mask, -1e9), torch.zeros(len(target), dtype=torch.long),
+                             reduction="none")
+    if not listed_only:
+        return losses.mean()
+    weights = listed.any(1).to(losses.dtype)
+    return (losses * weights).sum() / weights.sum().clamp(min=1.0)
+
+
 def batch_loss(model, history: torch.Tensor, target: torch.Tensor, config: TrainConfig,
-               gen: torch.Generator) -> torch.Tensor:
-    """Mean loss of a batch. All-position models: target (B, T), 0 = no target; others: target (B,)."""
+               gen: torch.Generator, lists: torch.Tensor | None = None,
+               list_loss: ListLoss = ListLoss()) -> torch.Tensor:
+    """Mean loss of a batch. All-position models: target (B, T), 0 = no target; others: target (B,).
+
+    With `lists` ((B, T, N), full CE only): cooperative training at every position, i.e. the listwise loss over
+    [target + that position's list] plus `list_loss.ce_weight` x the full-catalogue CE.
+    """
     n = model.num_items
+    if lists is not None and not (model.all_positions and config.loss == "ce"):
+        raise ConfigError("loss", config.loss, "training on candidate lists needs an all-position model and loss = ce")
     if model.all_positions:
         states = model.encode(history)  # (B, T, d)
         mask = target > 0
@@ -102,7 +155,13 @@ def batch_loss(model, history: torch.Tensor, target: torch.Tensor, config: Train
             if offsets is not None:
                 logits = logits + offsets
             logits[:, 0] = -1e9
-            return F.cross_entropy(logits, target)
+            full = F.cross_entropy(logits, target)
+            if lists is None:
+                return full
+            cands = lists[mask]  # (P, N): the list scores are columns of the catalogue scores
+            listwise = list_cross_entropy(logits.gather(1, torch.cat([target.unsqueeze(1), cands], 1)), target, cands,
+                                          list_loss.listed_only)
+            return listwise + list_loss.ce_weight * full
         negs = _negatives((len(target), config.negatives), n, gen)
         cands = torch.cat([target.unsqueeze(1), negs], dim=1)  # (P, 1 + K)
         logits = dot_scores(model.item_vectors(cands), states)
@@ -124,17 +183,20 @@ def batch_loss(model, history: torch.Tensor, target: torch.Tensor, config: Train
     return F.binary_cross_entropy_with_logits(logits, labels, weight=weights, reduction="sum") / weights[:, 0].sum()
 
 
-def training_arrays(model, sequences, config: TrainConfig, rng, first_target=None):
-    """The epoch's (histories, targets) arrays for this model kind."""
+def training_arrays(model, sequences, config: TrainConfig, rng, first_target=None, lists=None):
+    """The epoch's (histories, targets[, lists]) arrays for this model kind."""
     if model.all_positions:
-        return _windows(sequences, model.max_len, rng, first_target)
+        return _windows(sequences, model.max_len, rng, first_target, lists)
+    if lists is not None:
+        raise ConfigError("model", type(model).__name__, "training on candidate lists needs an all-position model")
     return _prefixes(sequences, model.max_len)
 
 
 def run_epoch(model, optimizer, arrays, config: TrainConfig, gen: torch.Generator, rng,
-              deadline: float | None = None, desc: str = "train", progress: bool = True) -> float:
+              deadline: float | None = None, desc: str = "train", progress: bool = True,
+              list_loss: ListLoss = ListLoss()) -> float:
     """One pass over shuffled arrays; returns the mean loss. Stops early at `deadline` (perf_counter)."""
-    histories, targets = arrays
+    histories, targets, *lists = arrays
     order = rng.permutation(len(histories))
     model.train()
     total, batches = 0.0, 0
@@ -142,7 +204,8 @@ def run_epoch(model, optimizer, arrays, config: TrainConfig, gen: torch.Generato
                disable=not progress or len(order) < 20 * config.batch_size)
     for start in bar:
         idx = order[start:start + config.batch_size]
-        loss = batch_loss(model, torch.from_numpy(histories[idx]), torch.from_numpy(targets[idx]), config, gen)
+        loss = batch_loss(model, torch.from_numpy(histories[idx]), torch.from_numpy(targets[idx]), config, gen,
+                          torch.from_numpy(lists[0][idx]) if lists else None, list_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -162,8 +225,12 @@ def validate(model, valid: Examples) -> dict:
 
 def train(model_name: str, model_config: dict, config: TrainConfig, split: TrainSplit, num_items: int,
           vocab_hash: str, out: str | Path | None = None, protocol: str = "stream",
-          progress: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Train a fresh model, keep the weights with the best validation NDCG@10, write `out/srm.pt`."""
+          progress: bool = True, coop: ListTraining | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a fresh model, keep the weights with the best validation NDCG@10, write `out/srm.pt`.
+
+    With `coop`, every position also learns to pick its target out of its candidate list, and the epoch is
+    chosen on `coop.validate` (device.coop: the validation lists) instead of the full-catalogue NDCG@10.
+    """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
@@ -172,15 +239,17 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     deadline = time.perf_counter() + config.time_limit_s if config.time_limit_s else None
     best, best_state, stale, history = -1.0, None, 0, []
+    metric = "valid_ndcg@10" if coop is None else coop.metric
     epochs = tqdm(range(1, config.epochs + 1), desc=f"{model_name} epochs", file=sys.stderr, disable=not progress)
     for epoch in epochs:
-        arrays = training_arrays(model, split.train, config, rng)
-        loss = run_epoch(model, optimizer, arrays, config, gen, rng, deadline, f"epoch {epoch}", progress)
-        figures = validate(model, split.valid)
+        arrays = training_arrays(model, split.train, config, rng, lists=None if coop is None else coop.lists)
+        loss = run_epoch(model, optimizer, arrays, config, gen, rng, deadline, f"epoch {epoch}", progress,
+                         list_loss=ListLoss() if coop is None else coop.loss)
+        figures = validate(model, split.valid) if coop is None else coop.validate(model)
         history.append({"epoch": epoch, "loss": loss, **figures})
-        epochs.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{figures['valid_ndcg@10']:.4f}", best=f"{max(best, 0):.4f}")
-        if figures["valid_ndcg@10"] > best:
-            best, best_state, stale = figures["valid_ndcg@10"], copy.deepcopy(model.state_dict()), 0
+        epochs.set_postfix(loss=f"{loss:.3f}", **{metric: f"{figures[metric]:.4f}"}, best=f"{max(best, 0):.4f}")
+        if figures[metric] > best:
+            best, best_state, stale = figures[metric], copy.deepcopy(model.state_dict()), 0
             best_metrics = {**figures, "epoch": float(epoch)}
         else:
             stale += 1

@@ -9,7 +9,7 @@ import torch
 
 from device.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from shared.data.splits import loo_split, stream_split
-from shared.errors import CatalogMismatchError, InvalidArgumentError, UnknownItemError
+from shared.errors import CatalogMismatchError, ConfigError, InvalidArgumentError, UnknownItemError
 from tests.conftest import synthetic_dataset
 
 TINY = {"hidden": 32, "max_len": 12}
@@ -76,18 +76,25 @@ def test_history_bias_learns_that_the_ring_walk_does_not_repeat(data, loss):
     assert offsets[0] < -0.5, offsets
 
 
+def biased_sasrec(num_items: int):
+    """A tiny SASRec (seeded weights, eval mode) whose history bias is non-zero, for loss equivalences."""
+    from device.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sasrec", {**TINY, "history_bias": True, "num_items": num_items}).eval()
+    with torch.no_grad():
+        model.history_bias.raw.fill_(-0.2)
+    return model
+
+
 def test_listwise_loss_scores_as_the_model_does(data):
     """The cooperative loss takes a shortcut for all-position models; it must score like `forward`
     (history bias included) and like `score_all` for its full-catalogue term."""
     import torch.nn.functional as F
 
     from device.coop import listwise_loss
-    from device.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("sasrec", {**TINY, "history_bias": True, "num_items": data.num_items}).eval()
-    with torch.no_grad():
-        model.history_bias.raw.fill_(-0.2)
+    model = biased_sasrec(data.num_items)
     history = torch.randint(1, data.num_items + 1, (4, 12))
     target = torch.randint(1, data.num_items + 1, (4,))
     cands = torch.cat([history[:, -3:], torch.randint(1, data.num_items + 1, (4, 5))], dim=1)  # some seen
@@ -99,6 +106,10 @@ def test_listwise_loss_scores_as_the_model_does(data):
         assert torch.allclose(listwise_loss(model, history, target, cands), listwise, atol=1e-5)
         both = listwise_loss(model, history, target, cands, ce_weight=0.5)
         assert torch.allclose(both, listwise + 0.5 * full, atol=1e-5)
+        # listed_only: only row 0 lists its target, so only its list counts (target at index 4 of it)
+        cands[0, 4] = target[0]
+        only = listwise_loss(model, history, target, cands, listed_only=True)
+        assert torch.allclose(only, F.cross_entropy(model(history[:1], cands[:1]), torch.tensor([4])), atol=1e-5)
 
 
 def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
@@ -131,6 +142,47 @@ def test_fresh_only_targets():
 
     x, y = _windows([np.array([1, 2, 3, 4, 5])], 8, np.random.default_rng(0), first_target=[3])
     assert x[0].tolist()[-4:] == [1, 2, 3, 4] and y[0].tolist()[-4:] == [0, 0, 4, 5]
+
+
+def test_windows_carry_each_targets_candidate_list():
+    """Every window position gets the list of its own target (lists[i][p] belongs to target seq[p + 1])."""
+    from device.train import _windows
+
+    seqs = [np.arange(1, 31), np.arange(40, 47)]
+    lists = [np.stack([[seq[p + 1] + 100, seq[p + 1] + 200] for p in range(len(seq) - 1)]) for seq in seqs]
+    for seed in range(3):  # the window ends shift with the seed
+        x, y, window_lists = _windows(seqs, 8, np.random.default_rng(seed), lists=lists)
+        assert window_lists.shape == (len(x), 8, 2)
+        real = y > 0
+        assert np.array_equal(window_lists[real][:, 0], y[real] + 100)
+        assert np.array_equal(window_lists[real][:, 1], y[real] + 200)
+        assert not window_lists[~real].any()
+
+
+def test_list_training_at_every_position_matches_the_listwise_loss(data):
+    """batch_loss with lists (cooperative training from the start) scores a position's list exactly as
+    coop.listwise_loss scores that history's list, full-catalogue term included."""
+    from device.coop import listwise_loss
+    from device.train import ListLoss, batch_loss
+
+    model = biased_sasrec(data.num_items)
+    history = torch.randint(1, data.num_items + 1, (4, 12))
+    last = torch.randint(1, data.num_items + 1, (4,))
+    cands = torch.cat([history[:, -2:], torch.randint(1, data.num_items + 1, (4, 5))], dim=1)
+    cands[0, 3] = last[0]  # a candidate equal to the target is masked by both
+    targets = torch.zeros(4, 12, dtype=torch.long)
+    targets[:, -1] = last  # only the last position has a target
+    lists = torch.zeros(4, 12, 7, dtype=torch.long)
+    lists[:, -1] = cands
+    config = TrainConfig(loss="ce")
+    with torch.no_grad():
+        for weight in (0.0, 0.5):
+            for listed_only in (False, True):
+                ours = batch_loss(model, history, targets, config, torch.Generator(), lists,
+                                  ListLoss(weight, listed_only))
+                assert torch.allclose(ours, listwise_loss(model, history, last, cands, weight, listed_only), atol=1e-5)
+    with pytest.raises(ConfigError):
+        batch_loss(model, history, targets, TrainConfig(loss="bce"), torch.Generator(), lists)
 
 
 class CountingGenerator:
@@ -217,9 +269,19 @@ def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypat
     capsys.readouterr()
     base, base_ckpt = load_checkpoint(tmp_path / "base" / "srm.pt", data.vocab_hash)
     started: list = []
-    real = coop.coop_train
-    monkeypatch.setattr(coop, "coop_train", lambda model, *a, **k: started.append(
-        {n: t.detach().clone() for n, t in model.state_dict().items()}) or real(model, *a, **k))
+
+    def snapshot(model):
+        started.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        return model
+
+    if from_scratch:  # SASRec: device.train.train builds the fresh model (coop.coop_from_scratch)
+        from device import train as train_module
+
+        build = train_module.build_model
+        monkeypatch.setattr(train_module, "build_model", lambda *a, **k: snapshot(build(*a, **k)))
+    else:
+        real = coop.coop_train
+        monkeypatch.setattr(coop, "coop_train", lambda model, *a, **k: real(snapshot(model), *a, **k))
     assert main(["train", "srm", "--data", str(tmp_path / "data"), "--model", "sasrec", "--coop", "--resume",
                  str(tmp_path / "base" / "srm.pt"), "--generator", "popularity", "--out", str(tmp_path / "coop"),
                  "--set", f"coop.from_scratch={'true' if from_scratch else 'false'}", "--set", "coop.epochs=1",
@@ -227,5 +289,8 @@ def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypat
     torch.manual_seed(0)  # CoopConfig's default seed
     fresh = build_model("sasrec", base_ckpt["model_config"]).state_dict()
     expected = fresh if from_scratch else base.state_dict()
-    assert all(torch.equal(started[0][n], expected[n]) for n in expected)
+    assert all(torch.equal(started[-1][n], expected[n]) for n in expected)  # (loading --resume builds one first)
     assert "coop/srm/ndcg@10" in json.loads(capsys.readouterr().out)
+    coop_ckpt = load_checkpoint(tmp_path / "coop" / "srm.pt", data.vocab_hash)[1]
+    assert coop_ckpt["parent"] == base_ckpt["version"] and coop_ckpt["generator_version"] == "popularity"
+    assert "valid_list_ndcg@10" in coop_ckpt["metrics"] and coop_ckpt["coop_config"]["from_scratch"] == from_scratch
