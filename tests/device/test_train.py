@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +295,28 @@ def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypat
     coop_ckpt = load_checkpoint(tmp_path / "coop" / "srm.pt", data.vocab_hash)[1]
     assert coop_ckpt["parent"] == base_ckpt["version"] and coop_ckpt["generator_version"] == "popularity"
     assert "valid_list_ndcg@10" in coop_ckpt["metrics"] and coop_ckpt["coop_config"]["from_scratch"] == from_scratch
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "srm").glob("*.toml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_srm_preset_loads(preset):
+    """Each shipped preset parses: model presets build an ML-100K-sized model within 2 MB, coop presets a CoopConfig."""
+    import argparse
+    import tomllib
+
+    from device.coop import CoopConfig
+    from device.models import MODEL_NAMES, build_model
+    from device.train_cli import _load_configs
+    from shared.config import load_config
+
+    tables = tomllib.loads(preset.read_text())
+    if "coop" in tables:
+        assert isinstance(load_config(CoopConfig, preset, [], section="coop"), CoopConfig)
+        return
+    name = preset.stem.split("-")[0] if preset.stem.split("-")[0] in MODEL_NAMES else "sasrec"
+    model_dict, train_config = _load_configs(argparse.Namespace(config=preset, overrides=[], seed=None), name)
+    model = build_model(name, {**model_dict, "num_items": 1682})
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) <= 2_000_000
+    assert train_config.epochs >= 1
