@@ -44,7 +44,10 @@ def percentiles_us(samples_s: list[float] | np.ndarray) -> dict[str, float]:
             "p99_us": float(np.percentile(arr, 99)), "mean_us": float(arr.mean()), "n": int(arr.size)}
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int = 1000, rounds: int = 20,
+ROUNDS = 20  # blocks of time_interleaved; best_round_p50_us splits the samples the same way
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int = 1000, rounds: int = ROUNDS,
                      warmup: int = 50) -> dict[str, dict[str, list[float]]]:
     """Wall and thread-CPU time (seconds) of every call of each fn, the fns taking turns in `rounds` blocks.
 
@@ -68,7 +71,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int = 1000, roun
     return out
 
 
-def best_round_p50_us(samples_s: list[float], rounds: int = 20) -> float:
+def best_round_p50_us(samples_s: list[float], rounds: int = ROUNDS) -> float:
     """p50 (microseconds) of the fastest of the `rounds` consecutive blocks of `time_interleaved` samples: the
     cost on the machine's quietest stretch, an estimate of the code's own cost that host load moves least
     (as `timeit` takes the minimum). Targets stay judged on the overall p50."""

@@ -64,9 +64,10 @@ class ListLoss:
 @dataclass(frozen=True)
 class ListTraining:
     """Cooperative training from the start on every position (device.coop): the candidate list of each training
-    target, the loss over them, and the validation that picks the epoch."""
+    target, the loss over them, and the validation that picks the epoch. `train` runs independent training as
+    the case without lists."""
 
-    lists: Sequence[np.ndarray]  # per training sequence, (len - 1, N): the list for each target seq[1:]
+    lists: Sequence[np.ndarray] | None  # per training sequence, (len - 1, N): the list of each target seq[1:]
     loss: ListLoss
     validate: Callable[[torch.nn.Module], dict]  # model -> figures, including `metric`
     metric: str = "valid_list_ndcg@10"
@@ -92,10 +93,11 @@ def _windows(sequences: Sequence[np.ndarray], length: int, rng: np.random.Genera
         shift = int(rng.integers(0, length)) if len(x) > length else 0
         ends = sorted({min(len(x), max(1, e - shift)) for e in ends} | {len(x)})
         for end in ends:
-            if y[max(0, end - length):end].any():
-                inputs.append(x[max(0, end - length):end])
-                targets.append(y[max(0, end - length):end])
-                spans.append((i, max(0, end - length), end))
+            start = max(0, end - length)
+            if y[start:end].any():
+                inputs.append(x[start:end])
+                targets.append(y[start:end])
+                spans.append((i, start, end))
     arrays = (pad_left(inputs, length), pad_left(targets, length))
     if lists is None:
         return arrays
@@ -239,13 +241,15 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     deadline = time.perf_counter() + config.time_limit_s if config.time_limit_s else None
     best, best_state, stale, history = -1.0, None, 0, []
-    metric = "valid_ndcg@10" if coop is None else coop.metric
+    # Independent training is the case without lists, its epoch chosen on the full-catalogue NDCG@10.
+    task = coop or ListTraining(None, ListLoss(), lambda m: validate(m, split.valid), "valid_ndcg@10")
+    metric = task.metric
     epochs = tqdm(range(1, config.epochs + 1), desc=f"{model_name} epochs", file=sys.stderr, disable=not progress)
     for epoch in epochs:
-        arrays = training_arrays(model, split.train, config, rng, lists=None if coop is None else coop.lists)
+        arrays = training_arrays(model, split.train, config, rng, lists=task.lists)
         loss = run_epoch(model, optimizer, arrays, config, gen, rng, deadline, f"epoch {epoch}", progress,
-                         list_loss=ListLoss() if coop is None else coop.loss)
-        figures = validate(model, split.valid) if coop is None else coop.validate(model)
+                         list_loss=task.loss)
+        figures = task.validate(model)
         history.append({"epoch": epoch, "loss": loss, **figures})
         epochs.set_postfix(loss=f"{loss:.3f}", **{metric: f"{figures[metric]:.4f}"}, best=f"{max(best, 0):.4f}")
         if figures[metric] > best:
