@@ -142,6 +142,12 @@ def list_figures(model, valid: Examples, valid_lists: np.ndarray) -> dict:
     return {f"valid_list_{k}": v for k, v in summarize(ranks, (10,)).items()}
 
 
+def _valid_lists(generator, split: TrainSplit, config: CoopConfig, cache_dir: str | Path | None) -> np.ndarray:
+    """The generator's lists for the validation histories, on which both cooperative paths choose their epoch."""
+    return candidate_lists(generator, split.valid.histories, config.num_candidates, config.lag, cache_dir,
+                           config.generate_batch)
+
+
 def coop_from_scratch(model_name: str, parent: dict, split: TrainSplit, generator, config: CoopConfig,
                       vocab_hash: str, cache_dir: str | Path | None, out: str | Path | None = None,
                       progress: bool = True):
@@ -156,8 +162,7 @@ def coop_from_scratch(model_name: str, parent: dict, split: TrainSplit, generato
                             config.generate_batch)
     ends = np.cumsum([max(0, len(seq) - 1) for seq in split.train])
     per_sequence = np.split(lists, ends[:-1])  # (len - 1, N) each: the lists of targets seq[1:]
-    valid_lists = candidate_lists(generator, split.valid.histories, config.num_candidates, config.lag, cache_dir,
-                                  config.generate_batch)
+    valid_lists = _valid_lists(generator, split, config, cache_dir)
     train_config = train_config_from(parent, seed=config.seed, lr=config.lr, epochs=config.epochs,
                                      patience=config.patience, batch_size=config.batch_size, threads=config.threads)
     task = ListTraining(per_sequence, ListLoss(config.ce_weight, config.listed_only),
@@ -188,8 +193,7 @@ def coop_train(model, model_name: str, split: TrainSplit, generator, config: Coo
     train_ex = training_examples(split, config.histories_per_user)
     train_lists = candidate_lists(generator, train_ex.histories, config.num_candidates, config.lag, cache_dir,
                                   config.generate_batch)
-    valid_lists = candidate_lists(generator, split.valid.histories, config.num_candidates, config.lag, cache_dir,
-                                  config.generate_batch)
+    valid_lists = _valid_lists(generator, split, config, cache_dir)
     hist = pad_left(train_ex.histories, model.max_len)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ce_config = TrainConfig(loss="ce")
