@@ -28,6 +28,7 @@ import numpy as np
 from benchmarks.common import emit
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_LLMS = [REPO / "runs" / "llm-compact", REPO / "runs" / "demo" / "llm"]  # trained LLMs, first found wins
 STUB_ITEMS = 1682  # ML-100K's catalogue size, so messages have the real shape
 
 
@@ -260,6 +261,15 @@ def stub_figure(args: argparse.Namespace) -> None:
          target="requests_per_s >= 1500, p99_ms <= 150, lost == 0", **result)
 
 
+def find_llm(folders: list[Path]) -> Path | None:
+    """The first trained LLM run in `folders`, each a run (holding config.json) or a folder of runs."""
+    for folder in folders:
+        runs = sorted(folder.glob("config.json")) + sorted(folder.glob("*/config.json"))
+        if runs:
+            return runs[0].parent
+    return None
+
+
 def untrained_compact(dataset, out: Path) -> Path:
     """The compact preset's architecture with untrained weights: same cost per call as the trained one."""
     from cloud.llm.model import build_model
@@ -297,14 +307,14 @@ def llm_figures(args: argparse.Namespace) -> None:
     from shared.data.dataset import load_dataset
 
     dataset = load_dataset(args.data)
-    trained = sorted(args.llm.glob("config.json")) + sorted(args.llm.glob("*/config.json"))  # a run or runs
-    if trained:
-        args.llm = trained[0].parent
+    trained = find_llm([args.llm] if args.llm is not None else DEFAULT_LLMS)
+    if trained is not None:
+        args.llm = trained
     label = f"llm {args.llm}"
-    if not trained:
+    if trained is None:
         scratch = tempfile.TemporaryDirectory()
         args.llm = untrained_compact(dataset, Path(scratch.name) / "llm")
-        label = "llm compact preset, UNTRAINED weights (no trained runs/llm-compact yet; same cost per call)"
+        label = "llm compact preset, UNTRAINED weights (no trained LLM found; run `make demo` first)"
     histories = [seq[-50:] for seq in dataset.sequences() if len(seq) >= 5]
     requests = make_requests(histories, args.n, 2000, args.seed)
     with ServerProcess(args, args.max_batch, llm=True) as server:
@@ -339,8 +349,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="torch threads of the LLM server (1: on 2 shared cores more threads thrash)")
     parser.add_argument("--timeout-s", type=float, default=2.0, help="per-call deadline against the stand-in")
     parser.add_argument("--llm-timeout-s", type=float, default=10.0, help="per-call deadline against the LLM")
-    parser.add_argument("--llm", type=Path, default=REPO / "runs" / "llm-compact",
-                        help="trained LLM folder; when it does not exist, the compact preset with untrained weights")
+    parser.add_argument("--llm", type=Path, default=None,
+                        help="trained LLM run (or folder of runs); default: the first of runs/llm-compact and "
+                             "runs/demo/llm (what `make demo` trains) that exists, else the compact preset with "
+                             "untrained weights (flagged in the figure's `generator`)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "ml-100k", help="dataset the LLM was trained on")
     parser.add_argument("--only", choices=["stub", "llm"], default=None, help="run one part only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request mix")
