@@ -36,6 +36,12 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     run.add_argument("--fusion", default="reference", choices=("reference", "linear", "llm", "srm"),
                      help="fusion rule (default reference: -(j+1)/L + (p_j - 0.5))")
     run.add_argument("--alpha", type=float, default=0.5, help="LLM weight of the linear fusion rule (default 0.5)")
+    run.add_argument("--llm-norm", default="rank", choices=("rank", "softmax", "logprob"),
+                     help="the LLM term of the linear rule: its rank -(j+1)/L, the softmax of its scores, or the "
+                          "scores themselves as log-probabilities (default rank)")
+    run.add_argument("--srm-norm", default="prob", choices=("prob", "rank", "logit"),
+                     help="the SRM term of the linear rule: sigmoid(logit) - 0.5, its rank -(r+1)/L, or the logit "
+                          "itself; logprob + logit is a product of the two models' probabilities (default prob)")
     run.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,
                      help="score the request policy thresholds: an order inconsistency between the SRM and the "
                           "LLM over the cached list (lsc4rec = the reference footrule + consumed-slot penalty), "
@@ -99,7 +105,8 @@ def run_main(args: argparse.Namespace) -> int:
     holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
                          args.updates_dir or args.model.parent / "updates", backend=args.backend)
     config = SessionConfig(user_id=args.user, slate_size=args.slate_size, num_candidates=args.num_candidates,
-                           fusion=FusionConfig(rule=args.fusion, alpha=args.alpha), measure=args.measure)
+                           fusion=FusionConfig(rule=args.fusion, alpha=args.alpha, llm_norm=args.llm_norm,
+                                                       srm_norm=args.srm_norm), measure=args.measure)
     with CloudClient(ClientConfig(address=args.server, timeout_s=args.timeout, token=args.token),
                      num_items=holder.manifest.num_items) as client:
         if args.check_update:

@@ -7,8 +7,12 @@ Inputs for one candidate list of L items, in the LLM's order (slot j = 0 is the 
 Rules (FusionConfig.rule):
 - "reference": s_j = -(j+1)/L + (p_j - 0.5)  (the rule of the paper's tables)
 - "linear":    s_j = alpha * llm_norm_j + (1 - alpha) * srm_norm_j
-               llm_norm: "rank" -(j+1)/L, or "softmax" softmax(llm_scores);
-               srm_norm: "prob" p_j - 0.5, or "rank" -(rank of p_j + 1)/L
+               llm_norm: "rank" -(j+1)/L, "softmax" softmax(llm_scores), or "logprob" the scores themselves
+                         (the LLM generator's are sequence log-probabilities);
+               srm_norm: "prob" p_j - 0.5, "rank" -(rank of p_j + 1)/L, or "logit" the logits themselves.
+               "logprob" + "logit" is a weighted product of experts: within one list, a full-softmax SRM's
+               logits are its log-probabilities up to a constant, so s_j ranks as
+               alpha log P_llm(j) + (1 - alpha) log P_srm(j | list).
 - "llm":       the LLM order (alpha = 1), "srm": the SRM order (alpha = 0).
 "reference" equals "linear" with alpha = 0.5, llm_norm = "rank", srm_norm = "prob" up to a factor 2.
 `positions` lets a shrunken list (consumed items removed) keep the slots j and the length L of the
@@ -31,15 +35,16 @@ class FusionConfig:
 
     rule: Literal["reference", "linear", "llm", "srm"] = "reference"
     alpha: float = 0.5  # weight of the LLM term in "linear"
-    llm_norm: Literal["rank", "softmax"] = "rank"
-    srm_norm: Literal["prob", "rank"] = "prob"
+    llm_norm: Literal["rank", "softmax", "logprob"] = "rank"
+    srm_norm: Literal["prob", "rank", "logit"] = "prob"
 
     def __post_init__(self):
         check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "must be in [0, 1]")
         check(self.rule in ("reference", "linear", "llm", "srm"), "rule", self.rule,
               "must be one of reference, linear, llm, srm")
-        check(self.llm_norm in ("rank", "softmax"), "llm_norm", self.llm_norm, "must be rank or softmax")
-        check(self.srm_norm in ("prob", "rank"), "srm_norm", self.srm_norm, "must be prob or rank")
+        check(self.llm_norm in ("rank", "softmax", "logprob"), "llm_norm", self.llm_norm,
+              "must be rank, softmax or logprob")
+        check(self.srm_norm in ("prob", "rank", "logit"), "srm_norm", self.srm_norm, "must be prob, rank or logit")
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -97,7 +102,11 @@ class ListFusion:
         self.config = config
         llm_term = rank_norm(llm_scores.size, positions, length)
         if config.rule == "linear":
-            llm_term = config.alpha * (llm_term if config.llm_norm == "rank" else softmax(llm_scores))
+            if config.llm_norm == "softmax":
+                llm_term = softmax(llm_scores)
+            elif config.llm_norm == "logprob":
+                llm_term = np.asarray(llm_scores, dtype=np.float64)
+            llm_term = config.alpha * llm_term
         self._llm_term = llm_term  # "linear": already weighted by alpha
 
     def fuse(self, srm_logits: np.ndarray) -> np.ndarray:
@@ -105,6 +114,8 @@ class ListFusion:
         config = self.config
         if config.rule == "llm":
             return self._llm_term.copy()
+        if config.rule == "linear" and config.srm_norm == "logit":
+            return np.asarray(srm_logits, dtype=np.float64) * (1.0 - config.alpha) + self._llm_term
         probs = sigmoid(srm_logits)
         if config.rule == "srm":
             return probs

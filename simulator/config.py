@@ -73,7 +73,11 @@ class SimConfig:
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
     seeds: tuple[int, ...] = (0, 1, 2)
     alpha: float = 0.5  # fusion weight of the LLM side
-    srm_norm: Literal["sigmoid", "rank"] = "sigmoid"  # how SRM scores are normalised for fusion
+    # How each side's scores enter fusion (device.fusion): the SRM's as "sigmoid" - 0.5, "rank" or raw "logit";
+    # the LLM's as "rank" -(j+1)/N or "logprob" (its sequence log-probabilities). "logprob" + "logit" is a
+    # weighted product of the two models' probabilities.
+    srm_norm: Literal["sigmoid", "rank", "logit"] = "sigmoid"
+    llm_norm: Literal["rank", "logprob"] = "rank"
     threshold: float = 30.0  # the fixed threshold of the plain "consistency" policy
     # Inconsistency score of the consistency policies: an order measure of device.consistency.MEASURES
     # (lsc4rec = the reference's footrule + (4 + 0.3 Z)^2), or "regret" (catalogue_regret: the SRM's
@@ -116,6 +120,9 @@ class SimConfig:
             check(0 < b <= 1, "budgets", b, "a request budget is a rate in (0, 1]")
         check(len(self.seeds) >= 1, "seeds", self.seeds, "give at least one seed")
         check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
+        check(self.srm_norm in ("sigmoid", "rank", "logit"), "srm_norm", self.srm_norm,
+              "must be sigmoid, rank or logit")
+        check(self.llm_norm in ("rank", "logprob"), "llm_norm", self.llm_norm, "must be rank or logprob")
         check(self.measure in ALL_MEASURES, "measure", self.measure,
               f"unknown measure (known: {', '.join(ALL_MEASURES)})")
         check(self.budget_mode == "threshold" or all(b < 1 for b in self.budgets), "budgets", self.budgets,

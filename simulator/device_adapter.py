@@ -127,14 +127,16 @@ class MemoReranker:
         return worst
 
 
-def fusion_config(fusion: str, alpha: float, srm_norm: str):
+def fusion_config(fusion: str, alpha: float, srm_norm: str, llm_norm: str = "rank"):
+    """The device's FusionConfig for one of the grid's fusions (`srm_norm` "sigmoid" is the device's "prob")."""
     from device.fusion import FusionConfig
 
     if fusion in ("llm", "srm"):
         return FusionConfig(rule=fusion)
-    if alpha == 0.5 and srm_norm == "sigmoid":
+    if alpha == 0.5 and srm_norm == "sigmoid" and llm_norm == "rank":
         return FusionConfig(rule="reference")
-    return FusionConfig(rule="linear", alpha=alpha, srm_norm="prob" if srm_norm == "sigmoid" else "rank")
+    return FusionConfig(rule="linear", alpha=alpha, llm_norm=llm_norm,
+                        srm_norm="prob" if srm_norm == "sigmoid" else srm_norm)
 
 
 def make_session(user: int, past: np.ndarray, initial, reranker: MemoReranker, policy, fusion, slate_size: int,

@@ -103,12 +103,12 @@ class Replay:
     """
 
     def __init__(self, streams: Streams, source: CandidateSource, reranker, *, num_candidates: int,
-                 slate_size: int, alpha: float = 0.5, srm_norm: str = "sigmoid",
+                 slate_size: int, alpha: float = 0.5, srm_norm: str = "sigmoid", llm_norm: str = "rank",
                  network: NetworkModel | None = None, deliver: str = "next-step",
                  retrain: tuple[int, Callable] | None = None, progress: bool = True,
                  span: tuple[float, float] | None = None, num_items: int = 0, measure: str = "lsc4rec"):
         self.s, self.source, self.reranker = streams, source, reranker
-        self.n, self.k, self.alpha, self.srm_norm = num_candidates, slate_size, alpha, srm_norm
+        self.n, self.k, self.alpha, self.srm_norm, self.llm_norm = num_candidates, slate_size, alpha, srm_norm, llm_norm
         self.network, self.deliver, self.retrain, self.progress = network, deliver, retrain, progress
         self.span = span or streams.span
         self.num_items, self.measure = num_items, measure
@@ -125,7 +125,7 @@ class Replay:
     def sessions(self, policy, fusion: str, initial: list) -> list:
         from simulator.device_adapter import fusion_config, make_session
 
-        fusion_cfg = fusion_config(fusion, self.alpha, self.srm_norm)
+        fusion_cfg = fusion_config(fusion, self.alpha, self.srm_norm, self.llm_norm)
         shared = policy.build()
         return [make_session(int(user), past, initial[u], self.reranker, shared, fusion_cfg, self.k, self.n,
                              lambda: self.clock_ms, self.measure)

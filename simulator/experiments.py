@@ -56,7 +56,8 @@ def make_replay(world: World, streams: Streams | None = None, seed: int = 0, ret
     span = span or world.streams.span
     network = NetworkModel(cfg.network, seed, span, world.dataset.num_users, cfg.stream_length)
     return Replay(streams, world.source, world.scorer, num_candidates=cfg.num_candidates,
-                  slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, network=network,
+                  slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, llm_norm=cfg.llm_norm,
+                  network=network,
                   deliver=cfg.network.deliver, retrain=retrain, progress=progress, span=span,
                   num_items=world.dataset.num_items, measure=cfg.measure)
 

@@ -199,10 +199,7 @@ def write_report(metrics: dict, out: Path) -> Path:
               f"{metrics.get('num_candidates')}, K = {metrics.get('slate_size')}, cloud_lag = {metrics.get('cloud_lag')}, "
               f"seeds {metrics.get('seeds')}; cloud generator `{metrics.get('generator')}`, device SRM "
               f"`{metrics.get('srm')}`; cloud calls {metrics.get('mode')} ({metrics.get('backend')} backend). "
-              f"Fusion: alpha = {cfg.get('alpha')} x LLM rank (-(j+1)/N) + (1 - alpha) x "
-              + ("(SRM sigmoid - 0.5). " if cfg.get("srm_norm", "sigmoid") == "sigmoid" else
-                 "SRM rank (-(rank among the unconsumed candidates + 1) / their number). ")
-              + _policy_text(cfg), "",
+              + _fusion_text(cfg) + _policy_text(cfg), "",
               "## The bars", ""] + _bar_lines(metrics.get("bars", {})) + ["",
               "## Headline (mean over seeds)", ""] + headline_lines(metrics) + ["",
               "## All results", ""] + results_table(agg, metrics.get("device_only")) + [""]
@@ -249,6 +246,16 @@ MEASURE_TEXT = {
     "overlap": "1 - top-K overlap of the SRM and LLM orders", "rbo": "1 - rank-biased overlap (p = 0.9)",
     "regret": "the catalogue regret: the SRM's softmax mass of its top-K items over the whole unconsumed catalogue "
               "minus that of its top-K among the cached list's unconsumed items"}
+
+
+_LLM_TERMS = {"rank": "LLM rank (-(j+1)/N)", "logprob": "LLM log-probability (the generator's score)"}
+_SRM_TERMS = {"sigmoid": "(SRM sigmoid - 0.5)", "logit": "SRM logit",
+              "rank": "SRM rank (-(rank among the unconsumed candidates + 1) / their number)"}
+
+
+def _fusion_text(cfg: dict) -> str:
+    return (f"Fusion: alpha = {cfg.get('alpha')} x {_LLM_TERMS[cfg.get('llm_norm', 'rank')]} + (1 - alpha) x "
+            f"{_SRM_TERMS[cfg.get('srm_norm', 'sigmoid')]}. ")
 
 
 def _policy_text(cfg: dict) -> str:

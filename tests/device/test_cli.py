@@ -32,7 +32,8 @@ def test_device_run_replays_events_and_updates_the_model(server, onnx_dir, tmp_p
     past = tmp_path / "past.txt"
     past.write_text("7\n8\n")
     code = main(["device", "run", "--server", server, "--model", str(model), "--user", "u7", "--events", str(events),
-                 "--history", str(past), "--policy", "every:2", "--slate-size", "5", "--num-candidates", "12", "--check-update", "--json"])
+                 "--history", str(past), "--policy", "every:2", "--slate-size", "5", "--num-candidates", "12", "--check-update", "--json",
+                 "--fusion", "linear", "--alpha", "0.3", "--llm-norm", "logprob", "--srm-norm", "logit"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows[0]["model_update"] == "updated" and rows[0]["model_version"] == "v2"

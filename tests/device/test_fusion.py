@@ -38,6 +38,19 @@ def test_softmax_normalisation_uses_llm_score_values():
     assert np.allclose(fuse(config, LLM_SCORES, LOGITS), 0.5 * soft + 0.5 * (sigmoid(LOGITS) - 0.5))
 
 
+def test_product_of_experts_weighs_log_probabilities():
+    config = FusionConfig(rule="linear", alpha=0.25, llm_norm="logprob", srm_norm="logit")
+    assert np.allclose(fuse(config, LLM_SCORES, LOGITS), 0.25 * LLM_SCORES + 0.75 * LOGITS)
+    # A constant shift of either side (log-probabilities within one list) does not change the order.
+    shifted = fused_order(config, LLM_SCORES - 7.0, LOGITS + 3.0)
+    assert shifted.tolist() == fused_order(config, LLM_SCORES, LOGITS).tolist() == [2, 1, 3, 0]
+    # A confident LLM outweighs a mild SRM preference, which rank fusion cannot express.
+    confident = np.array([0.0, -20.0, -20.0, -20.0])
+    assert fused_order(config, confident, LOGITS)[0] == 0
+    with pytest.raises(ConfigError):
+        FusionConfig(rule="linear", srm_norm="logits")
+
+
 def test_srm_rank_normalisation():
     config = FusionConfig(rule="linear", alpha=0.0, srm_norm="rank")
     # SRM ranks of LOGITS: item 2 first, 3 second, 1 third, 0 fourth
@@ -67,7 +80,8 @@ def test_sigmoid_is_stable_for_large_logits():
 
 
 @pytest.mark.parametrize("config", [FusionConfig(), FusionConfig("linear", 0.3, "softmax", "rank"),
-                                    FusionConfig("linear", 0.7, "rank", "prob"), FusionConfig("llm"),
+                                    FusionConfig("linear", 0.7, "rank", "prob"),
+                                    FusionConfig("linear", 0.4, "logprob", "logit"), FusionConfig("llm"),
                                     FusionConfig("srm")])
 def test_list_fusion_reused_across_events_equals_the_rule_bit_for_bit(config):
     rng = np.random.default_rng(0)
@@ -85,10 +99,11 @@ def test_list_fusion_reused_across_events_equals_the_rule_bit_for_bit(config):
         elif config.rule == "reference":
             expected = rank + (probs - 0.5)
         else:
-            llm_term = rank if config.llm_norm == "rank" else np.exp(llm - llm.max()) / np.exp(llm - llm.max()).sum()
+            llm_term = {"rank": rank, "logprob": llm,
+                        "softmax": np.exp(llm - llm.max()) / np.exp(llm - llm.max()).sum()}[config.llm_norm]
             ranks = np.empty(20)
             ranks[np.argsort(-probs, kind="stable")] = np.arange(20)
-            srm_term = probs - 0.5 if config.srm_norm == "prob" else -(ranks + 1.0) / 20
+            srm_term = {"prob": probs - 0.5, "rank": -(ranks + 1.0) / 20, "logit": logits}[config.srm_norm]
             expected = config.alpha * llm_term + (1.0 - config.alpha) * srm_term
         assert np.array_equal(plan.fuse(logits), expected)
         assert np.array_equal(fuse(config, llm, logits, positions=slots, length=30), expected)
