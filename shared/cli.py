@@ -60,6 +60,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     add_json_flag(prepare)
     prepare.set_defaults(func=handler("shared.data.prepare", "main"))
 
+    holdout = groups["data"].add_parser(
+        "holdout", help="the validation world: a prepared dataset without each user's last S interactions",
+        description="Write a copy of a prepared dataset without each user's last --drop-last interactions (same "
+                    "users, items and vocabulary hash). Models trained on it and replayed on its streams (the "
+                    "original's events [-2S, -S) for S = the stream length) choose settings such as the fusion "
+                    "alpha without looking at the test streams.")
+    holdout.add_argument("--data", type=Path, required=True, help="dataset folder written by `data prepare`")
+    holdout.add_argument("--drop-last", type=int, default=10,
+                         help="interactions dropped from the end of each user's sequence (default 10, protocol B's "
+                              "stream length)")
+    holdout.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically; not --data)")
+    add_json_flag(holdout)
+    holdout.set_defaults(func=handler("shared.data.prepare", "holdout_main"))
+
     stats = groups["data"].add_parser("stats", help="print the counts of a prepared dataset folder")
     stats.add_argument("--data", type=Path, required=True, help="dataset folder written by `data prepare`")
     add_json_flag(stats)

@@ -5,7 +5,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -65,6 +65,20 @@ class Dataset:
 
     def stats(self) -> dict:
         return {"users": self.num_users, "items": self.num_items, "interactions": int(len(self.interactions))}
+
+
+def drop_last(dataset: Dataset, count: int) -> Dataset:
+    """The dataset without each user's last `count` interactions: the same users, items and vocabulary hash.
+
+    This is the validation world of protocol B: models trained on it and replayed on its streams (the original's
+    events [-2S, -S) when count = S) let settings be chosen without looking at the test streams.
+    """
+    users = dataset.interactions[:, 0]
+    ends = np.searchsorted(users, np.arange(1, dataset.num_users + 2))
+    # Position of each row within its user's sequence, counted from the end (0 = the user's last interaction).
+    from_end = ends[users] - np.arange(len(users)) - 1
+    meta = {**dataset.meta, "dropped_last": int(dataset.meta.get("dropped_last", 0)) + count}
+    return replace(dataset, interactions=dataset.interactions[from_end >= count], meta=meta)
 
 
 def vocab_hash(items: Iterable[Item]) -> str:

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from shared.cli import emit
-from shared.data.dataset import build_dataset, load_dataset, write_dataset
+from shared.data.dataset import build_dataset, drop_last, load_dataset, write_dataset
 from shared.data.formats import READERS
 from shared.errors import ChecksumError, DataFormatError, EmptyDatasetError, InvalidArgumentError, LSC4RecError
 from shared.manifest import sha256_file
@@ -118,6 +118,23 @@ def main(args: argparse.Namespace) -> int:
     data = prepare(args.dataset, args.out, args.input, args.k_core)
     emit({**data.stats(), "dataset": args.dataset, "out": str(args.out), "vocab_hash": data.vocab_hash},
          args.json, title=f"wrote {args.out}")
+    return 0
+
+
+def holdout_main(args: argparse.Namespace) -> int:
+    """`lsc4rec data holdout`: write the dataset without each user's last --drop-last interactions."""
+    if args.drop_last < 1:
+        raise InvalidArgumentError("--drop-last", args.drop_last, "must be >= 1")
+    if Path(args.out).resolve() == Path(args.data).resolve():
+        raise InvalidArgumentError("--out", str(args.out), "must differ from --data (the original is kept)")
+    source = load_dataset(args.data)
+    check_out(Path(args.out))
+    data = drop_last(source, args.drop_last)
+    if len(data.interactions) == 0:
+        raise EmptyDatasetError(f"{args.data}: no interaction is left after dropping the last {args.drop_last}")
+    write_dataset(data, args.out)
+    emit({**data.stats(), "dropped": int(len(source.interactions) - len(data.interactions)),
+          "out": str(args.out), "vocab_hash": data.vocab_hash}, args.json, title=f"wrote {args.out}")
     return 0
 
 

@@ -185,3 +185,33 @@ def test_real_ml100k_prepare_fetches_and_counts(tmp_path, capsys):
     assert tree_digest(out) == first
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sha256"] == ML100K_SHA256 and "never stored" in meta["licence"]
+
+
+def test_holdout_drops_each_users_last_interactions_and_keeps_the_vocabulary(tmp_path, capsys):
+    from shared.data.dataset import write_dataset
+    from tests.conftest import synthetic_dataset
+
+    source = write_dataset(synthetic_dataset(num_users=6, num_items=30, min_len=5, max_len=9), tmp_path / "d")
+    original = load_dataset(source)
+    code = main(["data", "holdout", "--data", str(source), "--drop-last", "3", "--out", str(tmp_path / "v"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    held = load_dataset(tmp_path / "v")
+    assert code == 0 and out["dropped"] == 3 * original.num_users
+    assert [s.tolist() for s in held.sequences()] == [s[:-3].tolist() for s in original.sequences()]
+    assert held.vocab_hash == original.vocab_hash == out["vocab_hash"] and held.users == original.users
+    assert held.meta["dropped_last"] == 3 and held.meta["interactions"] == len(held.interactions)
+    assert load_dataset(source).interactions.shape == original.interactions.shape  # the original is untouched
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--drop-last", "0"], "--drop-last"), (["--same-out"], "--out"),
+                                            (["--drop-last", "100"], "no interaction is left")])
+def test_holdout_bad_arguments_name_the_option(tmp_path, capsys, argv, fragment):
+    from shared.data.dataset import write_dataset
+    from tests.conftest import synthetic_dataset
+
+    source = write_dataset(synthetic_dataset(num_users=3, num_items=30, min_len=5, max_len=9), tmp_path / "d")
+    out = source if argv == ["--same-out"] else tmp_path / "v"
+    extra = [] if argv == ["--same-out"] else argv
+    code = main(["data", "holdout", "--data", str(source), "--out", str(out), *extra])
+    assert_one_line_error(code, *capsys.readouterr(), fragment)
+    assert not (tmp_path / "v").exists()
