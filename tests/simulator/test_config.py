@@ -22,6 +22,8 @@ from tests.simulator.conftest import small_overrides
     ("network.jitter=3", "network.jitter"),
     ("measure='footfall'", "measure"),
     ("budget_mode='sometimes'", "budget_mode"),
+    ("srm_norm='softmax'", "srm_norm"),
+    ("llm_norm='logit'", "llm_norm"),
 ])
 def test_bad_values_are_refused_naming_key_and_value(override, key):
     with pytest.raises(ConfigError) as info:
@@ -67,3 +69,18 @@ def test_ray_backend_without_ray_is_a_clear_error(tiny_dir, tmp_path):
                                                    "device_only=false"))
     with pytest.raises(ConfigError, match="pip install"):
         simulate(config, tmp_path / "out", progress=False)
+
+
+def test_fusion_norms_reach_the_device_fusion_and_the_report():
+    from device.fusion import FusionConfig
+    from simulator.device_adapter import fusion_config
+    from simulator.report import _fusion_text
+
+    config = load_sim_config("demo")
+    assert fusion_config("fusion", config.alpha, config.srm_norm, config.llm_norm) == FusionConfig(
+        rule="linear", alpha=config.alpha, llm_norm="logprob", srm_norm="logit")
+    assert fusion_config("fusion", 0.5, "sigmoid") == FusionConfig(rule="reference")
+    assert fusion_config("fusion", 0.2, "rank") == FusionConfig(rule="linear", alpha=0.2, srm_norm="rank")
+    assert fusion_config("srm", 0.2, "logit", "logprob") == FusionConfig(rule="srm")
+    assert "LLM log-probability" in _fusion_text({"alpha": 0.35, "srm_norm": "logit", "llm_norm": "logprob"})
+    assert "SRM sigmoid" in _fusion_text({"alpha": 0.5})  # presets written before the norms existed
