@@ -21,6 +21,11 @@ def register(groups) -> None:
                      help="inprocess: call the generator directly; grpc: devices call `lsc4rec cloud serve`")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a preset key, e.g. --set budgets=[0.2] --set network.loss=0.1 (repeatable)")
+    sim.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                     help="run the preset once per value (per combination, if repeated) of a fusion or request "
+                          "setting (alpha, srm_norm, llm_norm, measure, threshold), sharing one world and its cloud "
+                          "lists; writes OUT/KEY=V/ per setting and OUT/sweep.json, and prints each setting's mean "
+                          "fusion NDCG@10 over the consistency budgets, best first (e.g. --sweep alpha=0.2,0.35)")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json_flag(sim)
     sim.set_defaults(func=handler("simulator.run", "main"))

@@ -166,6 +166,61 @@ class _Closer:
             self.server.stop()
 
 
+#: Settings a sweep may vary: they change how devices fuse and request, not the world (data, models, streams),
+#: so every setting replays the same streams against the same cloud lists.
+SWEEPABLE = ("alpha", "srm_norm", "llm_norm", "measure", "threshold")
+
+
+def parse_sweep(specs: list[str]) -> list[list[str]]:
+    """`KEY=V1,V2` specs -> every combination, each a list of `KEY=V` overrides (first spec varies slowest)."""
+    from itertools import product
+
+    from shared.errors import ConfigError
+
+    axes = []
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        key = key.strip()
+        if key not in SWEEPABLE:
+            raise ConfigError("--sweep", spec, f"can vary only {', '.join(SWEEPABLE)} (settings that keep the world)")
+        if not values.strip():
+            raise ConfigError("--sweep", spec, "give KEY=V1,V2,...")
+        axes.append([f"{key}={v.strip()}" for v in values.split(",")])
+    return [list(combo) for combo in product(*axes)]
+
+
+def sweep_score(metrics: dict) -> dict:
+    """The selection figure of a setting: fusion NDCG@10 of each consistency budget, and their mean."""
+    per_budget = {str(r["budget"]): r["ndcg@10"] for r in metrics["runs"]
+                  if r["fusion"] == "fusion" and r["policy"].startswith("consistency") and r["budget"] is not None}
+    mean = float(np.mean(list(per_budget.values()))) if per_budget else None
+    return {"mean_fusion_ndcg@10": mean, "fusion_ndcg@10_by_budget": per_budget}
+
+
+def sweep(preset: str, overrides: list[str], specs: list[str], out: Path, progress: bool = True) -> list[dict]:
+    """Run the preset once per setting into OUT/<setting>/, sharing one world (the cloud lists are generated once);
+    writes OUT/sweep.json with each setting's `sweep_score`, best first."""
+    from shared.errors import ConfigError
+    from simulator.config import load_sim_config
+
+    settings = parse_sweep(specs)
+    results, world = [], None
+    for n, setting in enumerate(settings, 1):
+        config = load_sim_config(preset, overrides + setting)
+        if config.mode != "inprocess" or config.backend != "local":
+            raise ConfigError("--sweep", " ".join(specs), "runs in process with the local backend only")
+        name = ",".join(setting)
+        print(f"[sweep {n}/{len(settings)}] {name}", file=sys.stderr, flush=True)
+        current = load_world(config) if world is None else load_world(
+            config, source=world.source, generator=world.generator, reranker=world.reranker, dataset=world.dataset)
+        world = world or current
+        metrics = simulate(config, out / name, progress=progress, world=current)
+        results.append({"setting": name, **sweep_score(metrics)})
+    results.sort(key=lambda r: -1.0 if r["mean_fusion_ndcg@10"] is None else -r["mean_fusion_ndcg@10"])
+    write_json(out / "sweep.json", {"preset": preset, "overrides": overrides, "sweep": specs, "results": results})
+    return results
+
+
 def main(args) -> int:
     """CLI entry of `lsc4rec simulate`."""
     from shared.cli import emit
@@ -176,6 +231,13 @@ def main(args) -> int:
     for key, value in (("backend", args.backend), ("mode", args.mode), ("ray_address", args.ray_address)):
         if value:
             overrides.append(f'{key}="{value}"')
+    if args.sweep:
+        results = sweep(args.preset, overrides, args.sweep, Path(args.out), progress=not args.quiet)
+        figures = {r["setting"]: None if r["mean_fusion_ndcg@10"] is None else round(r["mean_fusion_ndcg@10"], 5)
+                   for r in results}
+        emit({"best": results[0]["setting"], **figures, "sweep": str(Path(args.out) / "sweep.json")}, args.json,
+             title="mean fusion NDCG@10 over the consistency budgets, best first")
+        return 0
     config = load_sim_config(args.preset, overrides)
     metrics = simulate(config, Path(args.out), progress=not args.quiet)
     figures = {"protocol": "B", "users": metrics["users"], "seed": list(config.seeds),

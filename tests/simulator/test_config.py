@@ -84,3 +84,40 @@ def test_fusion_norms_reach_the_device_fusion_and_the_report():
     assert fusion_config("srm", 0.2, "logit", "logprob") == FusionConfig(rule="srm")
     assert "LLM log-probability" in _fusion_text({"alpha": 0.35, "srm_norm": "logit", "llm_norm": "logprob"})
     assert "SRM sigmoid" in _fusion_text({"alpha": 0.5})  # presets written before the norms existed
+
+
+def test_sweep_runs_each_setting_on_one_world_and_ranks_them(tiny_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    import simulator.run as run
+    from simulator.cli import main
+
+    loads = []
+    real_load_world = run.load_world
+    monkeypatch.setattr(run, "load_world", lambda *a, **k: loads.append(k) or real_load_world(*a, **k))
+    argv = ["simulate", "--preset", "quick", "--out", str(tmp_path / "sw"), "--quiet", "--json",
+            "--sweep", "alpha=0.2,0.8", "--sweep", "srm_norm=rank,logit"]
+    for override in small_overrides(tiny_dir, "policies=['consistency-budget']", "fusions=['fusion']",
+                                    "device_only=false", "matched_random=false"):
+        argv += ["--set", override]
+    assert main(argv) == 0
+    figures = json.loads(capsys.readouterr().out)
+    record = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    names = {"alpha=0.2,srm_norm=rank", "alpha=0.2,srm_norm=logit", "alpha=0.8,srm_norm=rank",
+             "alpha=0.8,srm_norm=logit"}
+    assert {r["setting"] for r in record["results"]} == names and figures["best"] == record["results"][0]["setting"]
+    means = [r["mean_fusion_ndcg@10"] for r in record["results"]]
+    assert means == sorted(means, reverse=True) and all(set(r["fusion_ndcg@10_by_budget"]) == {"0.2", "0.5"}
+                                                        for r in record["results"])
+    for name in names:  # each setting's own full simulation, with its own fusion in the record
+        config = json.loads((tmp_path / "sw" / name / "config.json").read_text())
+        assert (config["alpha"], config["srm_norm"]) == (float(name[6:9]), name.split("srm_norm=")[1])
+    assert len(loads) == 4 and loads[0] == {} and all(k["source"] is not None for k in loads[1:])  # lists shared
+
+
+@pytest.mark.parametrize("spec, fragment", [("data=a,b", "can vary only"), ("alpha=", "KEY=V1,V2")])
+def test_sweep_refuses_settings_that_change_the_world(spec, fragment):
+    from simulator.run import parse_sweep
+
+    with pytest.raises(ConfigError, match=fragment):
+        parse_sweep([spec])
