@@ -309,9 +309,8 @@ def llm_figures(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.data)
     trained = find_llm([args.llm] if args.llm is not None else DEFAULT_LLMS)
     if trained is not None:
-        args.llm = trained
-    label = f"llm {args.llm}"
-    if trained is None:
+        args.llm, label = trained, f"llm {trained}"
+    else:
         scratch = tempfile.TemporaryDirectory()
         args.llm = untrained_compact(dataset, Path(scratch.name) / "llm")
         label = "llm compact preset, UNTRAINED weights (no trained LLM found; run `make demo` first)"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from device.consistency import ALL_MEASURES
+from device.fusion import LLM_NORMS, SRM_NORMS
 from shared.cli import add_json_flag, emit, handler
 from shared.errors import DataFormatError
 
@@ -36,10 +37,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     run.add_argument("--fusion", default="reference", choices=("reference", "linear", "llm", "srm"),
                      help="fusion rule (default reference: -(j+1)/L + (p_j - 0.5))")
     run.add_argument("--alpha", type=float, default=0.5, help="LLM weight of the linear fusion rule (default 0.5)")
-    run.add_argument("--llm-norm", default="rank", choices=("rank", "softmax", "logprob"),
+    run.add_argument("--llm-norm", default="rank", choices=LLM_NORMS,
                      help="the LLM term of the linear rule: its rank -(j+1)/L, the softmax of its scores, or the "
                           "scores themselves as log-probabilities (default rank)")
-    run.add_argument("--srm-norm", default="prob", choices=("prob", "rank", "logit"),
+    run.add_argument("--srm-norm", default="prob", choices=SRM_NORMS,
                      help="the SRM term of the linear rule: sigmoid(logit) - 0.5, its rank -(r+1)/L, or the logit "
                           "itself; logprob + logit is a product of the two models' probabilities (default prob)")
     run.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,

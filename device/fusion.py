@@ -29,6 +29,10 @@ from shared.config import check
 from shared.errors import InvalidArgumentError
 
 
+LLM_NORMS = ("rank", "softmax", "logprob")
+SRM_NORMS = ("prob", "rank", "logit")
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """How the final order is made from the LLM order and the SRM probabilities."""
@@ -42,9 +46,8 @@ class FusionConfig:
         check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "must be in [0, 1]")
         check(self.rule in ("reference", "linear", "llm", "srm"), "rule", self.rule,
               "must be one of reference, linear, llm, srm")
-        check(self.llm_norm in ("rank", "softmax", "logprob"), "llm_norm", self.llm_norm,
-              "must be rank, softmax or logprob")
-        check(self.srm_norm in ("prob", "rank", "logit"), "srm_norm", self.srm_norm, "must be prob, rank or logit")
+        check(self.llm_norm in LLM_NORMS, "llm_norm", self.llm_norm, f"must be one of {', '.join(LLM_NORMS)}")
+        check(self.srm_norm in SRM_NORMS, "srm_norm", self.srm_norm, f"must be one of {', '.join(SRM_NORMS)}")
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -100,12 +103,14 @@ class ListFusion:
     def __init__(self, config: FusionConfig, llm_scores: np.ndarray, positions: np.ndarray | None = None,
                  length: int | None = None):
         self.config = config
-        llm_term = rank_norm(llm_scores.size, positions, length)
+        norm = config.llm_norm if config.rule == "linear" else "rank"
+        if norm == "softmax":
+            llm_term = softmax(llm_scores)
+        elif norm == "logprob":
+            llm_term = np.asarray(llm_scores, dtype=np.float64)
+        else:
+            llm_term = rank_norm(llm_scores.size, positions, length)
         if config.rule == "linear":
-            if config.llm_norm == "softmax":
-                llm_term = softmax(llm_scores)
-            elif config.llm_norm == "logprob":
-                llm_term = np.asarray(llm_scores, dtype=np.float64)
             llm_term = config.alpha * llm_term
         self._llm_term = llm_term  # "linear": already weighted by alpha
 
@@ -115,15 +120,16 @@ class ListFusion:
         if config.rule == "llm":
             return self._llm_term.copy()
         if config.rule == "linear" and config.srm_norm == "logit":
-            return np.asarray(srm_logits, dtype=np.float64) * (1.0 - config.alpha) + self._llm_term
-        probs = sigmoid(srm_logits)
-        if config.rule == "srm":
-            return probs
-        if config.rule == "reference" or config.srm_norm == "prob":
-            srm_term = probs
-            srm_term -= 0.5
+            srm_term = np.array(srm_logits, dtype=np.float64)  # a copy: scaled in place below
         else:
-            srm_term = _srm_rank_norm(probs)
+            probs = sigmoid(srm_logits)
+            if config.rule == "srm":
+                return probs
+            if config.rule == "reference" or config.srm_norm == "prob":
+                srm_term = probs
+                srm_term -= 0.5
+            else:
+                srm_term = _srm_rank_norm(probs)
         if config.rule == "linear":
             srm_term *= 1.0 - config.alpha
         srm_term += self._llm_term

@@ -52,7 +52,7 @@ def build_streams(dataset, stream_length: int, cloud_lag: int, max_users: int = 
                   shift: int = 0) -> Streams:
     """Protocol B streams; `shift` > 0 moves the stream `shift` items back (calibration on the past only)."""
     inter = dataset.interactions
-    bounds = np.searchsorted(inter[:, 0], np.arange(1, dataset.num_users + 2))
+    bounds = dataset.user_bounds()
     need = stream_length + cloud_lag + 2 + shift
     users, past, seen, items, times = [], [], [], [], []
     for u in range(1, dataset.num_users + 1):

@@ -56,10 +56,13 @@ class Dataset:
     def vocab_hash(self) -> str:
         return vocab_hash(self.items)
 
+    def user_bounds(self) -> np.ndarray:
+        """(U + 1,) row offsets: user u's interactions are rows bounds[u - 1]:bounds[u]."""
+        return np.searchsorted(self.interactions[:, 0], np.arange(1, self.num_users + 2))
+
     def sequences(self) -> list[np.ndarray]:
         """Per user (index u-1), the item ids in chronological order."""
-        users = self.interactions[:, 0]
-        bounds = np.searchsorted(users, np.arange(1, self.num_users + 2))
+        bounds = self.user_bounds()
         items = self.interactions[:, 1]
         return [items[bounds[u] : bounds[u + 1]] for u in range(self.num_users)]
 
@@ -74,9 +77,8 @@ def drop_last(dataset: Dataset, count: int) -> Dataset:
     events [-2S, -S) when count = S) let settings be chosen without looking at the test streams.
     """
     users = dataset.interactions[:, 0]
-    ends = np.searchsorted(users, np.arange(1, dataset.num_users + 2))
     # Position of each row within its user's sequence, counted from the end (0 = the user's last interaction).
-    from_end = ends[users] - np.arange(len(users)) - 1
+    from_end = dataset.user_bounds()[users] - np.arange(len(users)) - 1
     meta = {**dataset.meta, "dropped_last": int(dataset.meta.get("dropped_last", 0)) + count}
     return replace(dataset, interactions=dataset.interactions[from_end >= count], meta=meta)
 
