@@ -227,8 +227,11 @@ def validate(model, valid: Examples) -> dict:
 
 def train(model_name: str, model_config: dict, config: TrainConfig, split: TrainSplit, num_items: int,
           vocab_hash: str, out: str | Path | None = None, protocol: str = "stream",
-          progress: bool = True, coop: ListTraining | None = None) -> tuple[torch.nn.Module, dict]:
+          progress: bool = True, coop: ListTraining | None = None,
+          cold: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Train a fresh model, keep the weights with the best validation NDCG@10, write `out/srm.pt`.
+
+    `cold` ({"cold_seed", "cold_fraction"}) records protocol C's draw the split was made with (make_checkpoint).
 
     With `coop`, every position also learns to pick its target out of its candidate list, and the epoch is
     chosen on `coop.validate` (device.coop: the validation lists) instead of the full-catalogue NDCG@10.
@@ -261,15 +264,19 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
             break
     model.load_state_dict(best_state)
     model.eval()
-    ckpt = make_checkpoint(model_name, model, config, vocab_hash, best_metrics, protocol, history)
+    ckpt = make_checkpoint(model_name, model, config, vocab_hash, best_metrics, protocol, history, cold=cold)
     if out is not None:
         save_checkpoint(ckpt, Path(out) / CHECKPOINT_NAME)
     return model, ckpt
 
 
 def make_checkpoint(model_name, model, config: TrainConfig, vocab_hash: str, metrics: dict, protocol: str,
-                    history: list, parent: str | None = None) -> dict:
-    """State dict + model config + training config + vocab hash + validation metrics (+ lineage)."""
+                    history: list, parent: str | None = None, cold: dict | None = None) -> dict:
+    """State dict + model config + training config + vocab hash + validation metrics (+ lineage).
+
+    `cold_seed` and `cold_fraction` name protocol C's cold draw (None: the split had no cold items); checkpoints
+    written before they existed lack the keys, and readers use .get.
+    """
     from datetime import datetime, timezone
 
     return {
@@ -281,6 +288,8 @@ def make_checkpoint(model_name, model, config: TrainConfig, vocab_hash: str, met
         "vocab_hash": vocab_hash,
         "num_items": model.num_items,
         "protocol": protocol,
+        "cold_seed": None if cold is None else int(cold["cold_seed"]),
+        "cold_fraction": None if cold is None else float(cold["cold_fraction"]),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "history": history,
         "created_at": datetime.now(timezone.utc).isoformat(),

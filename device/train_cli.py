@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.cli import add_json_flag, handler
+from shared.cli import add_cold_flags, add_json_flag, handler
 
 MODELS = ("sasrec", "gru4rec", "din")
 
@@ -27,8 +27,10 @@ def _register_train(sub) -> None:
                    help="TOML preset with [model] and [train] tables (default configs/srm/<model>.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.epochs=5 --set model.hidden=32 (repeatable)")
-    p.add_argument("--protocol", choices=("stream", "loo"), default="stream",
-                   help="training split: stream = protocol B's SRM past (default), loo = protocol A")
+    p.add_argument("--protocol", choices=("stream", "loo", "cold", "cold-stream"), default="stream",
+                   help="training split: stream = protocol B's SRM past (default), loo = protocol A, cold = protocol "
+                        "A without protocol C's cold items, cold-stream = protocol B's SRM past without them")
+    add_cold_flags(p, "--cold-seed", 0, 0.1)
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides train.seed)")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to warm-start from (with --fresh or --coop)")
     p.add_argument("--fresh", type=Path, default=None,
@@ -47,13 +49,21 @@ def _register_eval(sub) -> None:
     p = sub.add_parser("srm", help="evaluate an SRM checkpoint or exported artifact (full ranking)",
                        description="Protocol A (loo): rank the whole catalogue for each user's test item, with "
                                    "seen items removed (protocol A) and kept (RecBole's rule). With --rerank, "
-                                   "re-rank a generator's candidate lists on protocol B instead.")
+                                   "re-rank a generator's candidate lists on protocol B instead. Protocol C (cold, "
+                                   "cold-stream): the checkpoint's cold draw, seen items removed, figures sliced by "
+                                   "the target: cold, tail (1-10 training interactions), warm.")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", type=Path, help="checkpoint file or folder holding srm.pt")
     src.add_argument("--artifact", type=Path, help="exported folder (model.onnx or model.pte + manifest.json)")
-    p.add_argument("--protocol", choices=("loo", "stream"), default="loo",
-                   help="loo = protocol A test items; stream = the first stream item after each user's past")
+    p.add_argument("--protocol", choices=("loo", "stream", "cold", "cold-stream"), default="loo",
+                   help="loo = protocol A test items; stream = the first stream item after each user's past; "
+                        "cold = protocol C on the LOO test items, cold-stream = protocol C on every stream event "
+                        "(both need a --ckpt trained on that protocol; figures sliced cold/tail/warm)")
+    add_cold_flags(p, "--seed", None, None)
+    p.add_argument("--per-example", type=Path, default=None, metavar="FILE",
+                   help="cold protocols: also write per-example users, targets, slice, rank and NDCG@10 to FILE "
+                        "(.npz), for paired bootstrap comparisons")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="which targets (loo only)")
     p.add_argument("--rerank", default=None,
                    help="re-rank candidate lists from 'popularity' or 'llm:FOLDER' on protocol B (needs --ckpt)")
@@ -96,10 +106,16 @@ def _load_configs(args, model_name: str):
     return model_dict, train_cfg
 
 
-def _split(dataset, protocol: str):
+def _split(dataset, args) -> tuple:
+    """(training split, the cold draw to record in the checkpoint or None)."""
     from shared.data.splits import loo_split, stream_split
 
-    return loo_split(dataset) if protocol == "loo" else stream_split(dataset).srm_train()
+    if args.protocol in ("cold", "cold-stream"):
+        from shared.data.cold import cold_world
+
+        world = cold_world(dataset, args.protocol, args.cold_fraction, args.cold_seed)
+        return world.train, {"cold_seed": args.cold_seed, "cold_fraction": args.cold_fraction}
+    return (loo_split(dataset) if args.protocol == "loo" else stream_split(dataset).srm_train()), None
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -107,6 +123,10 @@ def train_main(args: argparse.Namespace) -> int:
     from shared.data.dataset import load_dataset
 
     dataset = load_dataset(args.data)
+    if args.protocol in ("cold", "cold-stream") and (args.fresh is not None or args.coop):
+        from shared.errors import ConfigError
+        raise ConfigError("protocol", args.protocol, "--coop and --fresh do not hold cold items out; protocol C "
+                                                     "trains independently only")
     if args.fresh is not None:
         return _finetune_main(args, dataset)
     if args.coop:
@@ -115,10 +135,11 @@ def train_main(args: argparse.Namespace) -> int:
     from device.train import train
 
     model_dict, train_cfg = _load_configs(args, args.model)
-    _, ckpt = train(args.model, model_dict, train_cfg, _split(dataset, args.protocol), dataset.num_items,
-                    dataset.vocab_hash, out=args.out, protocol=args.protocol)
+    split, cold = _split(dataset, args)
+    _, ckpt = train(args.model, model_dict, train_cfg, split, dataset.num_items, dataset.vocab_hash, out=args.out,
+                    protocol=args.protocol, cold=cold)
     emit({"model": args.model, "protocol": args.protocol, "seed": train_cfg.seed, "checkpoint": str(args.out / "srm.pt"),
-          "version": ckpt["version"], **ckpt["metrics"]}, args.json, "SRM trained (validation figures)")
+          "version": ckpt["version"], **(cold or {}), **ckpt["metrics"]}, args.json, "SRM trained (validation figures)")
     return 0
 
 
@@ -143,9 +164,14 @@ def eval_main(args: argparse.Namespace) -> int:
     from device.evaluate import evaluate, evaluate_artifact, model_score_fn
 
     dataset = load_dataset(args.data)
+    if args.rerank and args.protocol in ("cold", "cold-stream"):
+        from shared.errors import ConfigError
+        raise ConfigError("protocol", args.protocol, "--rerank replays protocol B; it has no cold slices")
     if args.rerank:
         from device.coop import rerank_main
         return rerank_main(args, dataset)
+    if args.protocol in ("cold", "cold-stream") or (args.protocol == "loo" and args.per_example is not None):
+        return _cold_eval_main(args, dataset)
     if args.protocol == "loo":
         split = loo_split(dataset)
         examples = split.test if args.split == "test" else split.valid
@@ -164,6 +190,31 @@ def eval_main(args: argparse.Namespace) -> int:
         figures.update({"model": ckpt["model"], "version": ckpt["version"],
                         "seed": ckpt["train_config"].get("seed")})
     emit({**header, **figures}, args.json, "SRM evaluation (seen items removed; seen_kept/ = RecBole's rule)")
+    return 0
+
+
+def _cold_eval_main(args, dataset) -> int:
+    """Protocol C: full ranking (seen items removed) of the checkpoint's cold world, sliced cold/tail/warm."""
+    from shared.cli import emit
+    from shared.data.cold import PROTOCOLS, cold_world, recorded_draw, save_per_example, slice_figures, slice_of
+    from shared.errors import ConfigError
+    from device.evaluate import model_score_fn, rank_examples
+    from device.train import load_checkpoint
+
+    if args.ckpt is None:
+        raise ConfigError("--artifact", str(args.artifact), "protocol C needs --ckpt (it records the cold draw)")
+    model, ckpt = load_checkpoint(args.ckpt, dataset.vocab_hash)
+    seed, fraction = (0, 0.0) if args.protocol == "loo" else recorded_draw(
+        args.protocol, args.seed, args.cold_fraction, ckpt, f"checkpoint {args.ckpt}")
+    world = cold_world(dataset, args.protocol, fraction, seed)
+    ranks = rank_examples(model_score_fn(model), world.examples, model.max_len)
+    if args.per_example is not None:
+        save_per_example(args.per_example, world.examples, ranks,
+                         slice_of(world.examples.targets, world.cold, world.counts))
+    figures = slice_figures(ranks, world.examples.targets, world.cold, world.counts)
+    emit({"model": ckpt["model"], "protocol": args.protocol, "description": PROTOCOLS[args.protocol], "seed": seed,
+          "cold_fraction": fraction, "version": ckpt["version"], "train_seed": ckpt["train_config"].get("seed"),
+          **figures}, args.json, "SRM evaluation, protocol C (seen items removed)")
     return 0
 
 

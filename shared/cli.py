@@ -78,6 +78,49 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     stats.add_argument("--data", type=Path, required=True, help="dataset folder written by `data prepare`")
     add_json_flag(stats)
     stats.set_defaults(func=handler("shared.data.prepare", "stats_main"))
+    _register_baseline(groups["eval"])
+
+
+def add_cold_flags(parser: argparse.ArgumentParser, seed_flag: str, seed_default: int | None,
+                   fraction_default: float | None) -> None:
+    """Protocol C's cold draw: its seed (`seed_flag`: --seed or --cold-seed) and --cold-fraction.
+
+    A None default means "the checkpoint's recorded value" (eval srm)."""
+    recorded = "the checkpoint's recorded value"
+    parser.add_argument(seed_flag, type=int, default=seed_default, metavar="S",
+                        help="seed of protocol C's cold-item draw (default "
+                             f"{recorded if seed_default is None else seed_default})")
+    parser.add_argument("--cold-fraction", type=float, default=fraction_default, metavar="F",
+                        help="share of the catalogue drawn cold, in [0, 1) (default "
+                             f"{recorded if fraction_default is None else fraction_default})")
+
+
+def _register_baseline(sub) -> None:
+    p = sub.add_parser(
+        "baseline", help="evaluate a non-learned baseline (popularity, text nearest neighbour); numpy only",
+        description="Full-catalogue ranking with seen items removed, figures sliced by the target item: cold "
+                    "(protocol C's drawn items), tail (1-10 training interactions), warm (more). Protocols: loo = A "
+                    "(test targets, nothing cold); cold = C on the LOO test targets; cold-stream = C on every "
+                    "protocol B stream event.")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder written by `lsc4rec data prepare`")
+    p.add_argument("--kind", choices=("popularity", "text-knn"), required=True,
+                   help="popularity = training counts; text-knn = cosine similarity of item vectors to the mean of "
+                        "the user's last --recent items' vectors")
+    p.add_argument("--vectors", type=Path, default=None,
+                   help="item vectors .npz written by `lsc4rec embed items` (needed by text-knn; its vocab_hash "
+                        "must be the dataset's)")
+    p.add_argument("--protocol", choices=("loo", "cold", "cold-stream"), default="cold",
+                   help="loo = protocol A; cold = protocol C on LOO test targets (default); cold-stream = protocol "
+                        "C on every stream event (stream length 10)")
+    add_cold_flags(p, "--seed", 0, 0.1)
+    p.add_argument("--recent", type=int, default=5, help="text-knn: history items averaged (default 5)")
+    p.add_argument("--decay", type=float, default=1.0,
+                   help="text-knn: weight decay**a for the item a steps before the most recent (default 1.0 = mean)")
+    p.add_argument("--per-example", type=Path, default=None, metavar="FILE",
+                   help="also write per-example users, targets, slice, rank and NDCG@10 to FILE (.npz), for "
+                        "paired bootstrap comparisons")
+    add_json_flag(p)
+    p.set_defaults(func=handler("shared.baselines", "eval_main"))
 
 
 def fail(message: str) -> int:

@@ -74,3 +74,97 @@ def test_device_bench_prints_figures(onnx_dir, capsys, tmp_path):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["event_p50_us"] > 0 and figures["overhead_p50_us"] > 0 and figures["events"] == 50
     assert figures["rss_mb"] > 0 and figures["torch_loaded"] in (True, False)
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory):
+    """A tiny SASRec trained with `train srm --protocol cold --cold-seed 1` on a synthetic dataset."""
+    import contextlib
+    import io
+
+    from shared.data.dataset import write_dataset
+    from tests.conftest import synthetic_dataset
+
+    root = tmp_path_factory.mktemp("cold")
+    write_dataset(synthetic_dataset(num_users=30, num_items=40, min_len=16, max_len=22), root / "data")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["train", "srm", "--data", str(root / "data"), "--model", "sasrec", "--out", str(root / "run"),
+                     "--config", "configs/srm/tiny.toml", "--set", "train.epochs=1", "--protocol", "cold",
+                     "--cold-seed", "1", "--json"])
+    assert code == 0
+    return root, json.loads(out.getvalue())
+
+
+def _eval(cold_run, capsys, *extra):
+    root, _ = cold_run
+    code = main(["eval", "srm", "--data", str(root / "data"), "--ckpt", str(root / "run"), "--json", *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_and_eval_srm_on_protocol_c(cold_run, capsys, tmp_path):
+    from device.train import load_checkpoint
+
+    root, trained = cold_run
+    assert trained["protocol"] == "cold" and trained["cold_seed"] == 1 and trained["cold_fraction"] == 0.1
+    ckpt = load_checkpoint(root / "run")[1]
+    assert (ckpt["protocol"], ckpt["cold_seed"], ckpt["cold_fraction"]) == ("cold", 1, 0.1)
+    code, out, _ = _eval(cold_run, capsys, "--protocol", "cold", "--per-example", str(tmp_path / "pe.npz"))
+    figures = json.loads(out)
+    assert code == 0 and figures["seed"] == 1 and figures["protocol"] == "cold" and figures["model"] == "sasrec"
+    assert figures["users"] == 30 and figures["cold_items"] == 4
+    assert figures["all/users"] == sum(figures[f"{s}/users"] for s in ("cold", "tail", "warm"))
+    assert 0 <= figures["cold/ndcg@10"] <= figures["cold/hr@10"] <= 1 and "warm/recall@50" in figures
+    code, again, _ = _eval(cold_run, capsys, "--protocol", "cold", "--seed", "1")
+    assert code == 0 and json.loads(again)["all/ndcg@10"] == figures["all/ndcg@10"]
+    with np.load(tmp_path / "pe.npz") as saved:
+        assert saved["ndcg10"].mean() == pytest.approx(figures["all/ndcg@10"])
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--protocol", "cold", "--seed", "0"], ["'seed' = 0", "cold_seed = 1"]),
+    (["--protocol", "cold", "--cold-fraction", "0.2"], ["'cold_fraction' = 0.2", "cold_fraction = 0.1"]),
+    (["--protocol", "cold-stream"], ["'protocol' = 'cold-stream'", "protocol 'cold'"]),
+])
+def test_eval_srm_refuses_another_cold_draw_in_one_line(cold_run, capsys, extra, names):
+    code, out, err = _eval(cold_run, capsys, *extra)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert all(name in err for name in names), err
+
+
+def test_checkpoints_without_cold_fields_still_load_and_are_refused_on_protocol_c(cold_run, capsys, tmp_path):
+    import torch
+
+    from device.train import load_checkpoint, save_checkpoint
+
+    root, _ = cold_run
+    old = torch.load(root / "run" / "srm.pt", weights_only=True)
+    for key in ("cold_seed", "cold_fraction"):
+        del old[key]
+    old["protocol"] = "loo"
+    save_checkpoint(old, tmp_path / "old" / "srm.pt")
+    load_checkpoint(tmp_path / "old")
+    args = ["eval", "srm", "--data", str(root / "data"), "--ckpt", str(tmp_path / "old"), "--json"]
+    assert main(args) == 0 and "ndcg@10" in json.loads(capsys.readouterr().out)
+    assert main(args + ["--protocol", "cold"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "protocol 'loo'" in err and str(tmp_path / "old") in err
+
+
+def test_training_tolerates_users_whose_prefix_is_all_cold(tiny_dataset):
+    """without_items keeps such users with an empty prefix: training windows skip them, models score them."""
+    from device.evaluate import evaluate, model_score_fn
+    from device.models import build_model
+    from device.train import TrainConfig, training_arrays
+    from shared.data.cold import without_items
+    from shared.data.splits import loo_split
+
+    base = loo_split(tiny_dataset)
+    split = without_items(base, np.unique(base.train[0]))  # user 1's whole prefix is cold
+    assert len(split.train[0]) == 0 and len(split.train) == len(split.users)
+    model = build_model("sasrec", {"num_items": tiny_dataset.num_items, "max_len": 8, "hidden": 16})
+    histories, targets = training_arrays(model, split.train, TrainConfig(), np.random.default_rng(0))
+    assert len(histories) == len(targets) > 0
+    empty = type(split.valid)(split.valid.users[:1], (np.zeros(0, dtype=np.int64),), split.valid.targets[:1])
+    assert evaluate(model_score_fn(model), empty, model.max_len, ks=(10,), rules=("removed",))["users"] == 1

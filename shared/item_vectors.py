@@ -1,0 +1,87 @@
+"""Item vector files (.npz): `vectors` (N, d) float, row i-1 = item i, and `meta`, a JSON string naming the catalogue.
+
+`lsc4rec embed items` writes them (save_item_vectors); baselines read them (load_item_vectors), checked against the
+dataset's catalogue so that vectors of another catalogue are never used by row number.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from shared.data.dataset import Dataset
+from shared.errors import CatalogMismatchError, DataFormatError, InvalidArgumentError
+
+REQUIRED_META = ("vocab_hash", "num_items")
+
+
+def save_item_vectors(path: str | Path, vectors: np.ndarray, meta: dict, **extra: np.ndarray) -> Path:
+    """Write `vectors` (N, d), `meta` (needs vocab_hash and num_items = N) and any `extra` arrays (e.g. the
+    whitening that new items need) atomically: temp file, os.replace."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise InvalidArgumentError("vectors", f"{vectors.dtype} {vectors.shape}", "must be a 2-d float array (N, d)")
+    for key in REQUIRED_META:
+        if key not in meta:
+            raise InvalidArgumentError(f"meta.{key}", None, "required")
+    if int(meta["num_items"]) != len(vectors):
+        raise InvalidArgumentError("meta.num_items", meta["num_items"], f"but vectors has {len(vectors)} rows")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to a name
+            np.savez(handle, vectors=vectors, meta=np.asarray(json.dumps(meta, sort_keys=True)), **extra)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _read(path: Path) -> tuple[np.ndarray, dict]:
+    """The raw (vectors, meta) of a file; DataFormatError naming the file and field when it is not one."""
+    if not path.is_file():
+        raise DataFormatError(path, 0, "-", "missing; write it with `lsc4rec embed items`")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("vectors", "meta") if k not in npz.files]
+            if missing:
+                raise DataFormatError(path, 0, missing[0], "array missing")
+            vectors, meta_text = npz["vectors"], str(npz["meta"])
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataFormatError(path, 0, "-", f"not a NumPy .npz file ({exc})") from None
+    try:
+        meta = json.loads(meta_text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, 0, "meta", f"not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DataFormatError(path, 0, "meta", "must be a JSON object")
+    return vectors, meta
+
+
+def load_item_vectors(path: str | Path, dataset: Dataset) -> np.ndarray:
+    """(N, d) float32 vectors of `dataset`'s items; refuses a missing or malformed file (DataFormatError) and
+    vectors made for another catalogue (CatalogMismatchError)."""
+    path = Path(path)
+    vectors, meta = _read(path)
+    for key in REQUIRED_META:
+        if key not in meta:
+            raise DataFormatError(path, 0, f"meta.{key}", "missing")
+    if meta["vocab_hash"] != dataset.vocab_hash:
+        raise CatalogMismatchError(str(path), dataset.vocab_hash, str(meta["vocab_hash"]))
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number):
+        raise DataFormatError(path, 0, "vectors", f"{vectors.dtype} array of shape {vectors.shape}, expected (N, d)")
+    if len(vectors) != dataset.num_items or int(meta["num_items"]) != dataset.num_items:
+        raise DataFormatError(path, 0, "vectors", f"{len(vectors)} rows (meta.num_items {meta['num_items']}), "
+                                                  f"expected {dataset.num_items}")
+    if not np.isfinite(vectors).all():
+        raise DataFormatError(path, 0, "vectors", "holds NaN or infinite values")
+    return vectors.astype(np.float32)
+
+
+def read_meta(path: str | Path) -> dict:
+    """The `meta` of a vectors file (which encoder, pooling and prompt made it), for the records of what used it."""
+    return _read(Path(path))[1]
