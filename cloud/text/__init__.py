@@ -1,0 +1,1 @@
+"""Item knowledge from language models: one vector per item text (`lsc4rec embed items`)."""
