@@ -22,7 +22,7 @@ class LLMGenerator:
     """
 
     def __init__(self, model, index: ItemIndex, max_history: int, version: str = "llm",
-                 beam_width: int = 0, batch_size: int = 64):
+                 beam_width: int = 0, batch_size: int = 64, token_bias: np.ndarray | None = None):
         self.model = model.eval()
         self.index = index
         self.max_history = int(max_history)
@@ -34,6 +34,8 @@ class LLMGenerator:
         self._child = [torch.from_numpy(c) for c in index.child]  # level l: (nodes_l, K_l)
         self._leaves = [torch.from_numpy(c) for c in index.leaves]  # level l: (nodes_l,)
         self._last_layer = _last_position_layer(self.model)  # None: this architecture runs unchanged
+        # (V,) added to every step's log-probabilities, e.g. a bonus for items no training interaction taught
+        self._bias = None if token_bias is None else torch.as_tensor(token_bias, dtype=torch.float32)
         self._swap_lock = threading.Lock()
 
     @property
@@ -106,7 +108,7 @@ class LLMGenerator:
             with self._last_position_only():  # one level (atomic ids): no next step, so no cache to fill
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                  use_cache=self.index.depth > 1, logits_to_keep=1)
-            logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+            logp = self._log_probs(out.logits[:, -1])  # (B, V)
             cache = out.past_key_values
             blocked_items, blocked_counts = self._blocked_tensors(blocked)
             bsz = len(histories)
@@ -139,9 +141,15 @@ class LLMGenerator:
                 pos = pos[flat] + 1  # (B * W', 1)
                 out = self.model(input_ids=(tok + off).view(-1, 1), attention_mask=mask,
                                  position_ids=pos, past_key_values=cache, use_cache=True)
-                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B * W', V)
+                logp = self._log_probs(out.logits[:, -1])  # (B * W', V)
                 cache = out.past_key_values
         raise AssertionError("unreachable: the last level returns")
+
+    def _log_probs(self, logits):
+        import torch
+
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp if self._bias is None else logp + self._bias
 
     def _width(self, cand, avail, n: int) -> int:
         """Beams to keep: max(n, beam_width), widened until every row's kept prefixes hold n unblocked items."""

@@ -14,7 +14,7 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 
 
-def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict):
+def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict, token_bias=None):
     """Write `out/model` (save_pretrained), `out/item_index.json`, `out/config.json`, `out/metrics.json`."""
     from cloud.llm.generate import LLMGenerator
     from shared.config import to_dict
@@ -30,7 +30,7 @@ def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict):
                 **to_dict(config)}
     (out / CONFIG_NAME).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return LLMGenerator(model, index, config.model.max_history, version=version)
+    return LLMGenerator(model, index, config.model.max_history, version=version, token_bias=token_bias)
 
 
 def catalog_items(dataset_or_catalog) -> Sequence[Item]:
@@ -40,8 +40,12 @@ def catalog_items(dataset_or_catalog) -> Sequence[Item]:
 
 
 def load_generator(folder: str | Path, dataset_or_catalog, beam_width: int = 0, batch_size: int = 64,
-                   threads: int | None = None):
-    """An LLMGenerator from a trained folder; CatalogMismatchError if its index is for another catalogue."""
+                   threads: int | None = None, cold_boost: float | None = None):
+    """An LLMGenerator from a trained folder; CatalogMismatchError if its index is for another catalogue.
+
+    A text-grounded folder gives the items no training interaction taught a log-probability bonus of `cold_boost`
+    (default: the folder's model.cold_boost).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -56,5 +60,19 @@ def load_generator(folder: str | Path, dataset_or_catalog, beam_width: int = 0, 
     if threads:
         torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(folder / MODEL_DIR, local_files_only=True)
+    boost = config["model"].get("cold_boost", 0.0) if cold_boost is None else cold_boost
     return LLMGenerator(model, index, config["model"]["max_history"], version=config["version"],
-                        beam_width=beam_width, batch_size=batch_size)
+                        beam_width=beam_width, batch_size=batch_size, token_bias=_cold_bias(folder, index, boost))
+
+
+def _cold_bias(folder: Path, index: ItemIndex, boost: float):
+    """(V,) `boost` on the tokens of the items a text-grounded model never trained on; None without grounding."""
+    import numpy as np
+
+    from cloud.llm.grounding import GROUNDING_NAME, cold_bias
+
+    path = folder / GROUNDING_NAME
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return cold_bias(saved["trained"], index.vocab_size, boost)

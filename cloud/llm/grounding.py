@@ -1,0 +1,81 @@
+"""Text-grounded item tokens: an item's embedding is a learned projection of its text vector plus a learned id residual.
+
+Input embeddings and output scores share the table, so an item no training sequence holds still gets a
+logit from its text alone: its residual is held at zero, and in training it is no negative either (both would
+only teach "never seen, push down"). Its logit is then lower-contrast than a warm item's (the residual carries
+what interactions taught), which the generator's `cold_boost` compensates for at serving time.
+After training the table is written into the causal LM's own (tied) token embedding, so serving runs the
+plain transformers model; the projection and the text vectors are saved beside it for items added later.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cloud.llm.semantic_ids import NUM_SPECIAL
+
+GROUNDING_NAME = "item_text.npz"
+
+
+class TextGrounding(torch.nn.Module):
+    """(V, H) token table: rows of items = text (N, d) @ proj (d, H) + residual * trained; specials = residual."""
+
+    def __init__(self, vectors: np.ndarray, hidden: int, trained: np.ndarray, init_std: float = 0.02):
+        super().__init__()
+        n, d = vectors.shape
+        text = torch.zeros(NUM_SPECIAL + n, d)
+        text[NUM_SPECIAL:] = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+        keep = torch.ones(NUM_SPECIAL + n, 1)
+        keep[NUM_SPECIAL:, 0] = torch.from_numpy(np.asarray(trained, dtype=bool)).float()
+        self.register_buffer("text", text)  # (V, d) 0 for the special tokens
+        self.register_buffer("keep", keep)  # (V, 1) 0 where the item has no training interaction
+        self.proj = torch.nn.Linear(d, hidden, bias=False)
+        self.residual = torch.nn.Embedding(NUM_SPECIAL + n, hidden)
+        torch.nn.init.normal_(self.proj.weight, std=init_std)
+        torch.nn.init.normal_(self.residual.weight, std=init_std)
+
+    def forward(self) -> torch.Tensor:
+        return self.proj(self.text) + self.residual.weight * self.keep  # (V, H)
+
+    def untrained_bias(self) -> torch.Tensor:
+        """(V,) 0, or -inf for items no training sequence holds: in training they are no negatives either (nothing
+        says they are bad), so their text does not learn to push them down."""
+        return torch.where(self.keep[:, 0] > 0, 0.0, float("-inf"))
+
+    def write_into(self, model) -> None:
+        """Copy the table into the model's token embedding (and its output head when that is not tied)."""
+        with torch.no_grad():
+            table = self.eval()()
+            model.get_input_embeddings().weight.copy_(table)
+            head = model.get_output_embeddings()
+            if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+                head.weight.copy_(table)
+
+    def save(self, folder: str | Path, meta: dict) -> Path:
+        """`folder/item_text.npz`: the text vectors, the projection (d, H) and which items were trained."""
+        import json
+
+        path = Path(folder) / GROUNDING_NAME
+        np.savez(path, vectors=self.text[NUM_SPECIAL:].numpy(), proj=self.proj.weight.detach().T.numpy(),
+                 trained=self.keep[NUM_SPECIAL:, 0].numpy().astype(bool), meta=np.asarray(json.dumps(meta)))
+        return path
+
+
+def cold_bias(trained: np.ndarray, vocab_size: int, boost: float) -> np.ndarray | None:
+    """(V,) log-probability bonus `boost` on the tokens of the untrained items (None when there is nothing to add)."""
+    if not boost or np.all(trained):
+        return None
+    bias = np.zeros(vocab_size, dtype=np.float32)
+    bias[NUM_SPECIAL:][~np.asarray(trained, dtype=bool)] = boost
+    return bias
+
+
+def trained_items(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
+    """(N,) bool: item i - 1 appears in at least one training sequence."""
+    seen = np.zeros(num_items + 1, dtype=bool)
+    for seq in sequences:
+        seen[np.asarray(seq, dtype=np.int64)] = True
+    return seen[1:]
