@@ -14,7 +14,8 @@ from shared.sequences import pad_left
 from simulator.cloud_link import GeneratorSource, MemoSource
 from simulator.config import SimConfig, check_against_data
 from simulator.engine import Replay, RunResult, Streams, build_streams
-from simulator.figures import device_only_ranks, summarize
+from shared.data.cold import item_counts
+from simulator.figures import POPULARITY, by_popularity, device_only_ranks, summarize
 from simulator.device_adapter import MemoReranker, PolicySpec
 from simulator.engine import MAX_REQUEST_HISTORY
 from simulator.models import load_generator, load_reranker
@@ -257,7 +258,9 @@ def device_only(world: World) -> dict:
             "latency_ms": np.full(ranks.size, np.nan), "stale": np.zeros(ranks.size, bool),
             "bytes_up": np.zeros(ranks.size), "bytes_down": np.zeros(ranks.size),
             "user": np.repeat(world.streams.users, ranks.shape[1])}
-    return summarize(rows, cfg.slate_size)
+    counts = item_counts(world.streams.past, world.dataset.num_items)
+    return {**summarize(rows, cfg.slate_size),
+            POPULARITY: by_popularity(world.streams.items[:, :ranks.shape[1]].ravel(), ranks.ravel(), counts)}
 
 
 def write_json(path: Path, data) -> None:

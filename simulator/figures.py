@@ -34,6 +34,23 @@ def summarize(rows: dict[str, np.ndarray], k: int) -> dict:
     return out
 
 
+POPULARITY = "by_popularity"  # NDCG@10 / HR@10 / events per bucket of the target's training interactions
+# (low, high, label): buckets of the stream target's interactions in the device's training data (protocol B's past)
+POPULARITY_BUCKETS = ((0, 0, "0 (no interaction)"), (1, 10, "1-10 (tail)"), (11, 50, "11-50"), (51, 200, "51-200"),
+                      (201, None, ">200"))
+
+
+def by_popularity(targets: np.ndarray, ranks: np.ndarray, counts: np.ndarray, k: int = 10) -> dict[str, dict]:
+    """Per popularity bucket of the target (training interactions, `counts` indexed by item id): NDCG@k, HR@k, events."""
+    seen = np.asarray(counts)[np.asarray(targets, dtype=np.int64)]
+    ranks = np.asarray(ranks, dtype=np.int64)
+    out = {}
+    for low, high, label in POPULARITY_BUCKETS:
+        keep = (seen >= low) & (seen <= high if high is not None else True)
+        out[label] = {f"ndcg@{k}": ndcg(ranks[keep], k), f"hr@{k}": hit_rate(ranks[keep], k), "events": int(keep.sum())}
+    return out
+
+
 PER_USER = "per_user_ndcg@10"  # each user's mean NDCG@10 over their steps, users in ascending id order
 
 

@@ -94,3 +94,20 @@ def bytes_per_event(agg: list[dict], path: Path) -> Path | None:
             ax.scatter([r["request_rate"] for r in sel],
                        [r["bytes_up_per_event"] + r["bytes_down_per_event"] for r in sel], marker=marker, label=policy)
     return _finish(plt, fig, ax, path, "realised request rate", "bytes on the wire per event (up + down)", "Traffic per user event")
+
+
+def by_popularity(rows: list[tuple[str, dict]], path: Path) -> Path | None:
+    """Grouped bars: NDCG@10 per popularity bucket of the target, one bar per system."""
+    if not rows:
+        return None
+    plt = _plt()
+    buckets = list(rows[0][1])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(rows)
+    for n, (name, figures) in enumerate(rows):
+        ax.bar(np.arange(len(buckets)) + (n - (len(rows) - 1) / 2) * width,
+               [figures[b]["ndcg@10"] for b in buckets], width, label=name)
+    ax.set_xticks(np.arange(len(buckets)))
+    ax.set_xticklabels([f"{b}\n{rows[0][1][b]['events']} events" for b in buckets], fontsize=7)
+    return _finish(plt, fig, ax, path, "training interactions of the target item", "NDCG@10",
+                   "Who finds what: cloud, device and fusion by item popularity")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.figures import PER_USER, paired_difference
+from simulator.figures import PER_USER, POPULARITY, paired_difference
 
 METRIC = "ndcg@10"
 BAR_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -41,6 +41,10 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row[name] = float(np.mean(values)) if values else None
         values = [m[METRIC] for m in members]
         row["ndcg@10_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+        buckets = [m[POPULARITY] for m in members if m.get(POPULARITY)]
+        if buckets and len(buckets) == len(members):  # mean over seeds, bucket by bucket
+            row[POPULARITY] = {b: {k: float(np.mean([m[b][k] for m in buckets])) for k in buckets[0][b]}
+                               for b in buckets[0]}
         per_user = [m[PER_USER] for m in members if m.get(PER_USER)]
         if per_user and len(per_user) == len(members) and len({len(p) for p in per_user}) == 1:
             row[PER_USER] = np.mean(per_user, axis=0).tolist()  # mean over seeds, user by user
@@ -170,6 +174,34 @@ def _headline(metrics: dict) -> list[dict]:
     return rows
 
 
+POPULARITY_SYSTEMS = (("always", "llm", None, "cloud LLM (request every event)"),
+                      ("consistency-budget", "srm", 0.2, "SRM re-rank (20%)"),
+                      ("consistency-budget", "fusion", 0.2, "fusion (20%)"))
+
+
+def popularity_rows(metrics: dict) -> list[tuple[str, dict]]:
+    """(system, {bucket: figures}) for the cloud, the device's re-rank, fusion and the device alone."""
+    agg = metrics.get("aggregate", [])
+    rows = [(name, row[POPULARITY]) for policy, fusion, budget, name in POPULARITY_SYSTEMS
+            if (row := _find(agg, policy, fusion, budget)) and row.get(POPULARITY)]
+    dev = metrics.get("device_only") or {}
+    if dev.get(POPULARITY):
+        rows.append(("device-only SRM (no cloud)", dev[POPULARITY]))
+    return rows
+
+
+def popularity_lines(metrics: dict) -> list[str]:
+    """NDCG@10 by how many training interactions the target item had (events per bucket in the header)."""
+    rows = popularity_rows(metrics)
+    if not rows:
+        return []
+    buckets = list(rows[0][1])
+    head = " | ".join(f"{b} ({rows[0][1][b]['events']} events)" for b in buckets)
+    lines = [f"| system | {head} |", "|---|" + "---|" * len(buckets)]
+    lines += [f"| {name} | " + " | ".join(f"{fig[b]['ndcg@10']:.4f}" for b in buckets) + " |" for name, fig in rows]
+    return lines
+
+
 def headline_lines(metrics: dict) -> list[str]:
     lines = ["| system | request rate | NDCG@10 | HR@10 | MRR@10 |", "|---|---|---|---|---|"]
     for r in _headline(metrics):
@@ -186,7 +218,8 @@ def write_report(metrics: dict, out: Path) -> Path:
     images = []
     for name, made in (("ndcg_vs_rate.png", lambda p: plots.ndcg_vs_rate(agg, metrics.get("device_only"), p)),
                        ("latency_cdf.png", lambda p: plots.latency_cdf(out / "rows", _cdf_runs(metrics), p)),
-                       ("bytes_per_event.png", lambda p: plots.bytes_per_event(agg, p))):
+                       ("bytes_per_event.png", lambda p: plots.bytes_per_event(agg, p)),
+                       ("ndcg_by_popularity.png", lambda p: plots.by_popularity(popularity_rows(metrics), p))):
         if made(out / name):
             images.append(name)
     status = metrics.get("status")
@@ -203,6 +236,11 @@ def write_report(metrics: dict, out: Path) -> Path:
               "## The bars", ""] + _bar_lines(metrics.get("bars", {})) + ["",
               "## Headline (mean over seeds)", ""] + headline_lines(metrics) + ["",
               "## All results", ""] + results_table(agg, metrics.get("device_only")) + [""]
+    if popularity_lines(metrics):
+        lines += ["## By the target's popularity (NDCG@10, mean over seeds)", "",
+                  "Stream events grouped by how many interactions the target item has in the device's training "
+                  "data (protocol B's past): where the cloud's knowledge helps, and where the device's does.", ""]
+        lines += popularity_lines(metrics) + [""]
     net = cfg.get("network", {})
     lines += ["## Network and freshness", "",
               f"Modelled link: median RTT {net.get('latency_ms')} ms (lognormal sigma {net.get('latency_sigma')}), "

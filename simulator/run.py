@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from simulator.config import SimConfig
+from shared.data.cold import item_counts
 from simulator.engine import ROW_FIELDS, RunResult
+from simulator.figures import POPULARITY, by_popularity
 from simulator.experiments import (World, calibrate, config_record, device_only, load_world, plan, policy_for,
                                    run_one, write_json)
 
@@ -60,6 +62,7 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
         runs += retrain_runs(config)
         done: dict[str, dict] = {}
         initial = None if config.mode == "grpc" else _initial(world)
+        counts = item_counts(world.streams.past, world.dataset.num_items)
         for number, run in enumerate(runs, start=1):
             current = run["id"]
             policy = policy_for(run, config, thresholds, done)
@@ -67,7 +70,8 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
                 print(f"[{number}/{len(runs)}] {run['id']} ({policy.label()})", file=sys.stderr)
             result = execute(world, config, run, policy, initial, progress)
             summary = {**run, "label": policy.label(), "threshold": policy.threshold
-                       if policy.name == "consistency" else None, **result.summary}
+                       if policy.name == "consistency" else None, **result.summary,
+                       POPULARITY: by_popularity(result.rows["target"], result.rows["rank"], counts)}
             done[run["id"]] = summary
             metrics["runs"].append(summary)
             if config.write_rows:

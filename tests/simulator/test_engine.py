@@ -132,6 +132,11 @@ def test_simulate_writes_metrics_rows_report_and_plots(tiny_dir, tmp_path):
     assert paired["device_only"]["diff"] == pytest.approx(twin["ndcg@10"] - metrics["device_only"]["ndcg@10"],
                                                           abs=1e-5)
     assert "Paired over users" in report
+    # the popularity breakdown: buckets cover every event, weighted back they give the run's NDCG@10
+    buckets = twin["by_popularity"]
+    assert sum(b["events"] for b in buckets.values()) == twin["steps"]
+    assert sum(b["ndcg@10"] * b["events"] for b in buckets.values()) / twin["steps"] == pytest.approx(twin["ndcg@10"])
+    assert "By the target's popularity" in report and (out / "ndcg_by_popularity.png").stat().st_size > 1000
 
 
 def test_interrupt_keeps_finished_runs_readable(tiny_dir, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.figures import paired_difference, per_user_ndcg
+from simulator.figures import by_popularity, paired_difference, per_user_ndcg
 
 
 def test_per_user_ndcg_averages_each_users_steps_in_id_order():
@@ -32,3 +32,13 @@ def test_paired_interval_covers_zero_for_noise_and_excludes_it_for_a_real_gain()
     gain = paired_difference(base + rng.normal(0.02, 0.05, 900), base)
     assert gain["ci95"][0] > 0 and gain["ci95"][0] < gain["diff"] < gain["ci95"][1]
     assert paired_difference(base, base[:-1]) is None and paired_difference([], []) is None
+
+
+def test_by_popularity_puts_each_target_in_the_bucket_of_its_training_count():
+    counts = np.zeros(6, dtype=np.int64)
+    counts[1:] = [0, 3, 10, 11, 500]  # items 1..5
+    got = by_popularity(np.array([1, 2, 3, 4, 5, 5]), np.array([0, -1, 1, 0, 0, 20]), counts)
+    assert got["0 (no interaction)"] == {"ndcg@10": 1.0, "hr@10": 1.0, "events": 1}
+    assert got["1-10 (tail)"] == pytest.approx({"ndcg@10": 1 / np.log2(3) / 2, "hr@10": 0.5, "events": 2})
+    assert got["11-50"]["events"] == 1 and got["51-200"]["events"] == 0
+    assert got[">200"] == pytest.approx({"ndcg@10": 0.5, "hr@10": 0.5, "events": 2})
