@@ -108,6 +108,6 @@ def by_popularity(rows: list[tuple[str, dict]], path: Path) -> Path | None:
         ax.bar(np.arange(len(buckets)) + (n - (len(rows) - 1) / 2) * width,
                [figures[b]["ndcg@10"] for b in buckets], width, label=name)
     ax.set_xticks(np.arange(len(buckets)))
-    ax.set_xticklabels([f"{b}\n{rows[0][1][b]['events']} events" for b in buckets], fontsize=7)
+    ax.set_xticklabels([f"{b}\n{rows[0][1][b]['events']:.0f} events" for b in buckets], fontsize=7)
     return _finish(plt, fig, ax, path, "training interactions of the target item", "NDCG@10",
                    "Who finds what: cloud, device and fusion by item popularity")

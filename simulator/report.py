@@ -196,7 +196,7 @@ def popularity_lines(metrics: dict) -> list[str]:
     if not rows:
         return []
     buckets = list(rows[0][1])
-    head = " | ".join(f"{b} ({rows[0][1][b]['events']} events)" for b in buckets)
+    head = " | ".join(f"{b} ({rows[0][1][b]['events']:.0f} events)" for b in buckets)
     lines = [f"| system | {head} |", "|---|" + "---|" * len(buckets)]
     lines += [f"| {name} | " + " | ".join(f"{fig[b]['ndcg@10']:.4f}" for b in buckets) + " |" for name, fig in rows]
     return lines
