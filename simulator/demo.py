@@ -46,9 +46,14 @@ def build_artifacts(out: Path, args) -> dict[str, Path]:
     logs.mkdir(parents=True, exist_ok=True)
     timings = {}
     timings["data"] = _stage("prepare ML-100K", DATA / "meta.json", lambda: _prepare())
+    vectors = out / "item-vectors.npz"
+    timings["embed"] = _stage(f"item vectors from their text ({args.encoder})", vectors, lambda: _cli(
+        "embed", "items", "--data", str(DATA), "--encoder", args.encoder, "--out", str(vectors),
+        log=logs / "embed-items.log"))
     llm = Path(args.llm) if args.llm else out / "llm"
-    timings["llm"] = _stage("train the compact LLM", llm / "config.json", lambda: _cli(
-        "train", "llm", "--data", str(DATA), "--preset", args.llm_preset, "--out", str(llm),
+    grounded = ["--vectors", str(vectors)] if args.llm_preset in ("compact-text", "smollm2-135m") else []
+    timings["llm"] = _stage(f"train the {args.llm_preset} LLM", llm / "config.json", lambda: _cli(
+        "train", "llm", "--data", str(DATA), "--preset", args.llm_preset, *grounded, "--out", str(llm),
         "--set", f"train.epochs={args.llm_epochs}", log=logs / "train-llm.log"))
     indep = Path(args.srm_indep) if args.srm_indep else out / "srm-indep"
     timings["srm_indep"] = _stage("train SASRec (independent)", indep / "srm.pt", lambda: _cli(
@@ -71,7 +76,7 @@ def build_artifacts(out: Path, args) -> dict[str, Path]:
     models = out / "models"
     timings["publish"] = _stage("publish the cooperative SASRec", models / ".published", lambda: _publish(
         coop / "onnx", models))
-    return {"llm": llm, "indep": indep, "coop": coop, "models": models, "timings": timings}
+    return {"llm": llm, "indep": indep, "coop": coop, "models": models, "vectors": vectors, "timings": timings}
 
 
 def _prepare() -> None:
@@ -165,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--srm-indep", default="", help="use this independent SRM folder (srm.pt) instead of training")
     parser.add_argument("--srm-coop", default="", help="use this cooperative SRM folder (srm.pt) instead of training")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the grid")
-    parser.add_argument("--llm-preset", default="compact", help="LLM preset to train (compact; tiny for a smoke run)")
+    parser.add_argument("--llm-preset", default="compact-text",
+                        help="LLM preset to train: compact (id tokens), compact-text (item tokens grounded in the item "
+                             "vectors), smollm2-135m (pretrained blocks on grounded tokens), tiny (a smoke run)")
+    parser.add_argument("--encoder", default="smollm2-135m",
+                        help="text encoder of the item vectors (`lsc4rec embed items --encoder`): smollm2-135m, minilm")
     # Both sides train until their own validation stops improving (the presets' patience of 6 epochs); the
     # caps only bound the time. With a cap of 10 the LLM was cut off while still improving (best epoch 9 of
     # 10, validation NDCG@10 0.108; it peaks at epoch 12 with 0.116), which weakened the cloud side.
