@@ -131,3 +131,15 @@ def test_smollm2_from_its_wheel_gives_sensible_neighbours(ml100k_dir, tmp_path, 
         scores = vectors @ vectors[i]
         scores[i] = -9
         assert expected & {titles[j] for j in np.argsort(-scores)[:4]}, probe
+
+
+def test_an_item_with_empty_text_is_refused_naming_the_file_line_and_field(world, tmp_path, capsys):
+    ds, _, lm, _ = world
+    data = write_dataset(ds, tmp_path / "data")
+    lines = (data / "items.tsv").read_text().splitlines()
+    cells = lines[3].split("\t")
+    cells[2] = ""  # item 3's title
+    lines[3] = "\t".join(cells)
+    (data / "items.tsv").write_text("\n".join(lines) + "\n")
+    code, err = _embed(["--data", str(data), "--encoder", f"folder:{lm}", "--out", str(tmp_path / "v.npz")], capsys)
+    assert code == 2 and "items.tsv:4" in err and "'title'" in err and not (tmp_path / "v.npz").exists()
