@@ -9,18 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.errors import ConfigError
+from shared.ray_cluster import start_ray
 from simulator.engine import ROW_FIELDS, RunResult
 from simulator.figures import summarize
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("backend", "ray", "Ray is not installed; install the optional extra: "
-                                            "pip install -c constraints.txt 'lsc4rec[ray]'") from None
-    return ray
 
 
 def _shard_rows(config_dict: dict, run: dict, policy, user_index: list[int]) -> dict:
@@ -44,9 +35,7 @@ def run_sharded(world, config, run: dict, policy) -> RunResult:
     """Split the users into `ray_workers` shards, replay them on Ray, merge rows in global time order."""
     from shared.config import to_dict
 
-    ray = _ray()
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address or None, include_dashboard=False, log_to_driver=False)
+    ray = start_ray(config.ray_address)
     remote = ray.remote(_shard_rows)
     shards = [list(map(int, s)) for s in np.array_split(np.arange(len(world.streams.users)), config.ray_workers)]
     cfg = to_dict(config)

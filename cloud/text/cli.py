@@ -32,6 +32,11 @@ def register(groups: dict) -> None:
     p.add_argument("--no-whiten", dest="whiten", action="store_false",
                    help="only L2-normalise the raw vectors (whitening is on by default)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local = this process; ray = shards of 256 texts on Ray workers (one CPU each), for catalogues "
+                        "that outgrow one machine; the vectors are the same (needs the [ray] extra)")
+    p.add_argument("--ray-address", default="",
+                   help="with --backend ray: the cluster to join (e.g. ray://head:10001); default: a one-node local one")
     add_json_flag(p)
     p.set_defaults(func=handler("cloud.text.cli", "embed_main"))
 
@@ -53,7 +58,8 @@ def embed_main(args: argparse.Namespace) -> int:
     encoder = resolve_encoder(args.encoder)
     pooling = args.pooling or encoder.default_pooling
     prompt = args.prompt or default_prompt(pooling, str(dataset.meta.get("source", "")))
-    raw = encode([item.text for item in dataset.items], encoder, pooling, prompt, args.batch_size)
+    raw = encode([item.text for item in dataset.items], encoder, pooling, prompt, args.batch_size,
+                 backend=args.backend, ray_address=args.ray_address)
     if args.dim < 0 or args.dim > raw.shape[1]:
         raise InvalidArgumentError("--dim", args.dim, f"must be 0 (all) or 1..{raw.shape[1]}")
     mean, w = whitening(raw, args.dim) if args.whiten else (None, None)

@@ -89,32 +89,72 @@ class TextEncoder:
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float().numpy()
 
 
+BACKENDS = ("local", "ray")
+
+
 def encode(texts: Sequence[str], encoder: Encoder, pooling: str, prompt: str, batch_size: int = 16,
-           progress: bool = True, backend: Callable | None = None) -> np.ndarray:
-    """(N, d) float32 raw vectors of `texts`; cached ones are read, the rest computed shard by shard."""
+           progress: bool = True, backend: str = "local", ray_address: str = "") -> np.ndarray:
+    """(N, d) float32 raw vectors of `texts`; cached ones are read, the rest computed shard by shard.
+
+    backend "ray" sends the shards to Ray workers (`ray_address`, else a local one-node cluster); a shard is the
+    same texts in the same batches on either backend, so the vectors are the same.
+    """
     from tqdm import tqdm
 
     if pooling not in POOLINGS:
         raise InvalidArgumentError("--pooling", pooling, f"must be one of {', '.join(POOLINGS)}")
     if "{text}" not in prompt:
         raise InvalidArgumentError("--prompt", prompt, "must contain {text}")
+    if backend not in BACKENDS:
+        raise InvalidArgumentError("--backend", backend, f"must be one of {', '.join(BACKENDS)}")
     cache = VectorCache(encoder, pooling, prompt)
     keys = [text_key(prompt.format(text=t)) for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts) if cache.get(k) is None}.items(),
                      key=lambda kt: len(kt[1]))  # similar lengths per batch: less padding
-    if missing:
-        model = TextEncoder(encoder, pooling)
-        bar = tqdm(total=len(missing), desc=f"embed items ({encoder.name}, {pooling})", unit=" items",
+    shards = [missing[s:s + SHARD_ITEMS] for s in range(0, len(missing), SHARD_ITEMS)]
+    jobs = [([k for k, _ in shard], [prompt.format(text=t) for _, t in shard]) for shard in shards]
+    if jobs:
+        if backend == "ray":
+            from shared.ray_cluster import start_ray
+
+            start_ray(ray_address, flag="--backend")  # a missing extra or cluster fails here, before any work
+        bar = tqdm(total=len(missing), desc=f"embed items ({encoder.name}, {pooling}, {backend})", unit=" items",
                    file=sys.stderr, disable=not progress)
-        for start in range(0, len(missing), SHARD_ITEMS):
-            shard = missing[start:start + SHARD_ITEMS]
-            parts = []
-            for b in range(0, len(shard), batch_size):
-                parts.append(model([prompt.format(text=t) for _, t in shard[b:b + batch_size]]))
-                bar.update(len(parts[-1]))
-            cache.put([k for k, _ in shard], np.concatenate(parts))
+        run = _run_ray if backend == "ray" else _run_local
+        for shard_keys, vectors in run(jobs, encoder, pooling, batch_size, ray_address):
+            cache.put(shard_keys, vectors)  # each finished shard is kept, whatever happens to the rest
+            bar.update(len(shard_keys))
         bar.close()
     return np.stack([cache.get(k) for k in keys]).astype(np.float32)
+
+
+def shard_vectors(model: TextEncoder, prompts: Sequence[str], batch_size: int) -> np.ndarray:
+    """(len(prompts), d): the prompts in consecutive batches of `batch_size`, on either backend."""
+    return np.concatenate([model(prompts[b:b + batch_size]) for b in range(0, len(prompts), batch_size)])
+
+
+def _run_local(jobs, encoder: Encoder, pooling: str, batch_size: int, address: str):
+    model = TextEncoder(encoder, pooling)
+    for keys, prompts in jobs:
+        yield keys, shard_vectors(model, prompts, batch_size)
+
+
+def _ray_shard(encoder: Encoder, pooling: str, prompts: list[str], batch_size: int) -> np.ndarray:
+    """Ray worker side: the encoder is loaded once per worker process and kept for its next shards."""
+    global _WORKER_MODEL
+    if "_WORKER_MODEL" not in globals() or _WORKER_MODEL[0] != (encoder, pooling):
+        _WORKER_MODEL = ((encoder, pooling), TextEncoder(encoder, pooling, threads=1))
+    return shard_vectors(_WORKER_MODEL[1], prompts, batch_size)
+
+
+def _run_ray(jobs, encoder: Encoder, pooling: str, batch_size: int, address: str):
+    import ray
+
+    task = ray.remote(num_cpus=1)(_ray_shard)
+    pending = {task.remote(encoder, pooling, prompts, batch_size): keys for keys, prompts in jobs}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        yield pending.pop(done[0]), ray.get(done[0])
 
 
 def whitening(raw: np.ndarray, dim: int = 0, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:

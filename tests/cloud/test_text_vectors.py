@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +144,27 @@ def test_an_item_with_empty_text_is_refused_naming_the_file_line_and_field(world
     (data / "items.tsv").write_text("\n".join(lines) + "\n")
     code, err = _embed(["--data", str(data), "--encoder", f"folder:{lm}", "--out", str(tmp_path / "v.npz")], capsys)
     assert code == 2 and "items.tsv:4" in err and "'title'" in err and not (tmp_path / "v.npz").exists()
+
+
+def test_the_ray_backend_without_ray_installed_says_how_to_install_it(world, tmp_path, capsys, monkeypatch):
+    _, data, lm, _ = world
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where the extra is absent
+    code, err = _embed(["--data", str(data), "--encoder", f"folder:{lm}", "--out", str(tmp_path / "v.npz"),
+                        "--backend", "ray"], capsys)
+    assert code == 2 and "lsc4rec[ray]" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_ray_backend_gives_the_local_vectors_bit_for_bit(world, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")  # the optional [ray] extra
+    _, data, lm, _ = world
+    monkeypatch.setattr(text_vectors, "SHARD_ITEMS", 7)  # 24 items: 4 shards over the workers
+    out = {}
+    for backend in ("local", "ray"):
+        monkeypatch.setenv("LSC4REC_CACHE", str(tmp_path / f"cache-{backend}"))  # nothing shared between them
+        path = tmp_path / f"{backend}.npz"
+        assert _embed(["--data", str(data), "--encoder", f"folder:{lm}", "--out", str(path), "--batch-size", "3",
+                       "--backend", backend], capsys)[0] == 0
+        with np.load(path) as saved:
+            out[backend] = saved["vectors"]
+    assert np.array_equal(out["local"], out["ray"])
