@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.ray_cluster import start_ray
+from shared.ray_backend import start_ray
 from simulator.engine import ROW_FIELDS, RunResult
 from simulator.figures import summarize
 

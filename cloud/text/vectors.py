@@ -115,12 +115,15 @@ def encode(texts: Sequence[str], encoder: Encoder, pooling: str, prompt: str, ba
     jobs = [([k for k, _ in shard], [prompt.format(text=t) for _, t in shard]) for shard in shards]
     if jobs:
         if backend == "ray":
-            from shared.ray_cluster import start_ray
+            from shared.ray_backend import start_ray
 
             start_ray(ray_address, flag="--backend")  # a missing extra or cluster fails here, before any work
         bar = tqdm(total=len(missing), desc=f"embed items ({encoder.name}, {pooling}, {backend})", unit=" items",
                    file=sys.stderr, disable=not progress)
-        run = _run_ray if backend == "ray" else _run_local
+        if backend == "ray":
+            from cloud.text.ray_backend import run_ray as run
+        else:
+            run = _run_local
         for shard_keys, vectors in run(jobs, encoder, pooling, batch_size, ray_address):
             cache.put(shard_keys, vectors)  # each finished shard is kept, whatever happens to the rest
             bar.update(len(shard_keys))
@@ -137,24 +140,6 @@ def _run_local(jobs, encoder: Encoder, pooling: str, batch_size: int, address: s
     model = TextEncoder(encoder, pooling)
     for keys, prompts in jobs:
         yield keys, shard_vectors(model, prompts, batch_size)
-
-
-def _ray_shard(encoder: Encoder, pooling: str, prompts: list[str], batch_size: int) -> np.ndarray:
-    """Ray worker side: the encoder is loaded once per worker process and kept for its next shards."""
-    global _WORKER_MODEL
-    if "_WORKER_MODEL" not in globals() or _WORKER_MODEL[0] != (encoder, pooling):
-        _WORKER_MODEL = ((encoder, pooling), TextEncoder(encoder, pooling, threads=1))
-    return shard_vectors(_WORKER_MODEL[1], prompts, batch_size)
-
-
-def _run_ray(jobs, encoder: Encoder, pooling: str, batch_size: int, address: str):
-    import ray
-
-    task = ray.remote(num_cpus=1)(_ray_shard)
-    pending = {task.remote(encoder, pooling, prompts, batch_size): keys for keys, prompts in jobs}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        yield pending.pop(done[0]), ray.get(done[0])
 
 
 def whitening(raw: np.ndarray, dim: int = 0, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
