@@ -25,7 +25,8 @@ venv: $(STAMP)  ## create or refresh .venv (dev install: device, cloud, train, s
 test: venv  ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: venv  ## real-data tests (ML-100K, longer training)
+test-slow: venv  ## real-data tests (ML-100K, longer training, a real local Ray: installs the [ray] extra)
+	$(PIP) install -q -c constraints.txt -e '.[dev,ray]'
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 demo: venv  ## prepare ML-100K, train, export, serve, replay all users over gRPC, write the report
