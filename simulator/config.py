@@ -68,6 +68,10 @@ class SimConfig:
     num_candidates: int = 50  # N
     slate_size: int = 10  # K
     max_users: int = 0  # 0 = every user the protocol admits
+    # Protocol C (new items): the cold draw (train ... --protocol cold-stream --cold-seed S) the LLM and the SRM were
+    # trained without; -1 = none. Its items appear only in the streams; the report splits out their events.
+    cold_seed: int = -1
+    cold_fraction: float = 0.1
     policies: tuple[str, ...] = ("never", "always", "every-n", "random", "consistency-budget")
     fusions: tuple[str, ...] = FUSIONS
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
@@ -112,6 +116,8 @@ class SimConfig:
         check(1 <= self.slate_size <= self.num_candidates, "slate_size", self.slate_size,
               f"K must be in 1..N (N = num_candidates = {self.num_candidates})")
         check(self.max_users >= 0, "max_users", self.max_users, "must be >= 0 (0 = all)")
+        check(self.cold_seed >= -1, "cold_seed", self.cold_seed, "must be -1 (no cold items) or a cold draw >= 0")
+        check(0 < self.cold_fraction < 1, "cold_fraction", self.cold_fraction, "must be in (0, 1)")
         for p in self.policies:
             check(p in POLICIES, "policies", p, f"unknown policy (known: {', '.join(POLICIES)})")
         for f in self.fusions:

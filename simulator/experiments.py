@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import to_dict
+from shared.errors import ConfigError
 from shared.sequences import pad_left
 from simulator.cloud_link import GeneratorSource, MemoSource
 from simulator.config import SimConfig, check_against_data
@@ -42,6 +43,8 @@ def load_world(config: SimConfig, source=None, generator=None, reranker=None, da
     dataset = dataset if dataset is not None else load_dataset(Path(config.data))
     check_against_data(config, dataset.sequences(), dataset.num_items)
     streams = build_streams(dataset, config.stream_length, config.cloud_lag, config.max_users)
+    if config.cold_seed >= 0:
+        check_cold_models(config)
     if generator is None and source is None:
         generator = load_generator(config.llm, dataset, streams.cloud_seen)
     if reranker is None:
@@ -258,9 +261,45 @@ def device_only(world: World) -> dict:
             "latency_ms": np.full(ranks.size, np.nan), "stale": np.zeros(ranks.size, bool),
             "bytes_up": np.zeros(ranks.size), "bytes_down": np.zeros(ranks.size),
             "user": np.repeat(world.streams.users, ranks.shape[1])}
-    counts = item_counts(world.streams.past, world.dataset.num_items)
+    counts = training_counts(world)
     return {**summarize(rows, cfg.slate_size),
-            POPULARITY: by_popularity(world.streams.items[:, :ranks.shape[1]].ravel(), ranks.ravel(), counts)}
+            POPULARITY: by_popularity(world.streams.items[:, :ranks.shape[1]].ravel(), ranks.ravel(), counts,
+                                      new_items=cold_items(world))}
+
+
+def cold_items(world: World) -> np.ndarray:
+    """Protocol C's cold draw of the world's config (empty without one)."""
+    from shared.data.cold import draw_cold_items
+
+    config = world.config
+    if config.cold_seed < 0:
+        return np.zeros(0, dtype=np.int64)
+    return draw_cold_items(world.dataset.num_items, config.cold_fraction, config.cold_seed)
+
+
+def training_counts(world: World) -> np.ndarray:
+    """(N + 1,) interactions per item in the device's training data: protocol B's past, minus protocol C's cold items."""
+    counts = item_counts(world.streams.past, world.dataset.num_items)
+    counts[cold_items(world)] = 0
+    return counts
+
+
+def check_cold_models(config: SimConfig) -> None:
+    """Protocol C: the LLM and the SRM must have been trained without this cold draw, or its items leak."""
+    from shared.data.cold import recorded_draw
+
+    if config.llm:
+        trained = json.loads((Path(config.llm) / "config.json").read_text())["train"]
+        recorded_draw("cold-stream", config.cold_seed, config.cold_fraction, trained, f"llm {config.llm}")
+    ckpt = Path(config.srm) / "srm.pt"
+    if config.srm and not ckpt.is_file():
+        raise ConfigError("srm", config.srm, "protocol C needs the SRM's checkpoint (srm.pt) beside its export, to "
+                                             "check that it was trained without the cold items")
+    if config.srm:
+        from device.train import load_checkpoint
+
+        _, record = load_checkpoint(ckpt)
+        recorded_draw("cold-stream", config.cold_seed, config.cold_fraction, record, f"srm {ckpt}")
 
 
 def write_json(path: Path, data) -> None:

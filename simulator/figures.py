@@ -40,15 +40,25 @@ POPULARITY_BUCKETS = ((0, 0, "0 (no interaction)"), (1, 10, "1-10 (tail)"), (11,
                       (201, None, ">200"))
 
 
-def by_popularity(targets: np.ndarray, ranks: np.ndarray, counts: np.ndarray, k: int = 10) -> dict[str, dict]:
-    """Per popularity bucket of the target (training interactions, `counts` indexed by item id): NDCG@k, HR@k, events."""
-    seen = np.asarray(counts)[np.asarray(targets, dtype=np.int64)]
+NEW_ITEMS = "new items (protocol C)"
+
+
+def by_popularity(targets: np.ndarray, ranks: np.ndarray, counts: np.ndarray, k: int = 10,
+                  new_items: np.ndarray | None = None) -> dict[str, dict]:
+    """Per popularity bucket of the target (training interactions, `counts` indexed by item id): NDCG@k, HR@k, events.
+
+    With `new_items` (protocol C's cold draw), their events form a bucket of their own, ahead of the others.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    seen = np.asarray(counts)[targets]
     ranks = np.asarray(ranks, dtype=np.int64)
-    out = {}
+    has_new = new_items is not None and len(new_items) > 0
+    new = np.isin(targets, new_items) if has_new else np.zeros(len(targets), dtype=bool)
+    buckets = [(new, NEW_ITEMS)] if has_new else []
     for low, high, label in POPULARITY_BUCKETS:
-        keep = (seen >= low) & (seen <= high if high is not None else True)
-        out[label] = {f"ndcg@{k}": ndcg(ranks[keep], k), f"hr@{k}": hit_rate(ranks[keep], k), "events": int(keep.sum())}
-    return out
+        buckets.append((~new & (seen >= low) & ((seen <= high) if high is not None else True), label))
+    return {label: {f"ndcg@{k}": ndcg(ranks[keep], k), f"hr@{k}": hit_rate(ranks[keep], k), "events": int(keep.sum())}
+            for keep, label in buckets}
 
 
 PER_USER = "per_user_ndcg@10"  # each user's mean NDCG@10 over their steps, users in ascending id order

@@ -239,7 +239,8 @@ def write_report(metrics: dict, out: Path) -> Path:
     if popularity_lines(metrics):
         lines += ["## By the target's popularity (NDCG@10, mean over seeds)", "",
                   "Stream events grouped by how many interactions the target item has in the device's training "
-                  "data (protocol B's past): where the cloud's knowledge helps, and where the device's does.", ""]
+                  "data (protocol B's past; with protocol C, the cold items' events first): where the cloud's "
+                  "knowledge helps, and where the device's does.", ""]
         lines += popularity_lines(metrics) + [""]
     net = cfg.get("network", {})
     lines += ["## Network and freshness", "",

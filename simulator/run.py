@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from simulator.config import SimConfig
-from shared.data.cold import item_counts
 from simulator.engine import ROW_FIELDS, RunResult
 from simulator.figures import POPULARITY, by_popularity
 from simulator.experiments import (World, calibrate, config_record, device_only, load_world, plan, policy_for,
-                                   run_one, write_json)
+                                   cold_items, run_one, training_counts, write_json)
 
 
 def write_rows(path: Path, result: RunResult) -> None:
@@ -62,7 +61,7 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
         runs += retrain_runs(config)
         done: dict[str, dict] = {}
         initial = None if config.mode == "grpc" else _initial(world)
-        counts = item_counts(world.streams.past, world.dataset.num_items)
+        counts, cold = training_counts(world), cold_items(world)
         for number, run in enumerate(runs, start=1):
             current = run["id"]
             policy = policy_for(run, config, thresholds, done)
@@ -71,7 +70,7 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
             result = execute(world, config, run, policy, initial, progress)
             summary = {**run, "label": policy.label(), "threshold": policy.threshold
                        if policy.name == "consistency" else None, **result.summary,
-                       POPULARITY: by_popularity(result.rows["target"], result.rows["rank"], counts)}
+                       POPULARITY: by_popularity(result.rows["target"], result.rows["rank"], counts, new_items=cold)}
             done[run["id"]] = summary
             metrics["runs"].append(summary)
             if config.write_rows:

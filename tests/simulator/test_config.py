@@ -121,3 +121,19 @@ def test_sweep_refuses_settings_that_change_the_world(spec, fragment):
 
     with pytest.raises(ConfigError, match=fragment):
         parse_sweep([spec])
+
+
+def test_protocol_c_refuses_models_trained_with_the_cold_items(tmp_path):
+    from simulator.experiments import check_cold_models
+
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    (llm / "config.json").write_text('{"train": {"protocol": "stream", "cold_seed": 0, "cold_fraction": 0.1}}')
+    with pytest.raises(ConfigError, match="protocol"):
+        check_cold_models(load_sim_config(None, [f'llm="{llm}"', "cold_seed=0"]))
+    (llm / "config.json").write_text('{"train": {"protocol": "cold-stream", "cold_seed": 1, "cold_fraction": 0.1}}')
+    with pytest.raises(ConfigError, match="cold_seed = 1"):
+        check_cold_models(load_sim_config(None, [f'llm="{llm}"', "cold_seed=0"]))
+    check_cold_models(load_sim_config(None, [f'llm="{llm}"', "cold_seed=1"]))  # the same draw passes
+    with pytest.raises(ConfigError, match="srm.pt"):
+        check_cold_models(load_sim_config(None, [f'llm="{llm}"', f'srm="{tmp_path}"', "cold_seed=1"]))

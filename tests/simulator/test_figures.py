@@ -42,3 +42,12 @@ def test_by_popularity_puts_each_target_in_the_bucket_of_its_training_count():
     assert got["1-10 (tail)"] == pytest.approx({"ndcg@10": 1 / np.log2(3) / 2, "hr@10": 0.5, "events": 2})
     assert got["11-50"]["events"] == 1 and got["51-200"]["events"] == 0
     assert got[">200"] == pytest.approx({"ndcg@10": 0.5, "hr@10": 0.5, "events": 2})
+
+
+def test_new_items_are_a_bucket_of_their_own_ahead_of_the_counts():
+    counts = np.zeros(6, dtype=np.int64)
+    counts[1:] = [0, 3, 10, 11, 500]
+    got = by_popularity(np.array([1, 2, 5, 5]), np.array([0, -1, 0, 20]), counts, new_items=np.array([2, 5]))
+    assert list(got)[0] == "new items (protocol C)"
+    assert got["new items (protocol C)"] == pytest.approx({"ndcg@10": 1 / 3, "hr@10": 1 / 3, "events": 3})
+    assert got["0 (no interaction)"]["events"] == 1 and got[">200"]["events"] == 0
