@@ -20,7 +20,7 @@ from tqdm import tqdm
 from device.models import build_model
 from device.models.common import dot_scores
 from device.train import (ListLoss, ListTraining, TrainConfig, list_cross_entropy, load_checkpoint, make_checkpoint,
-                          save_checkpoint, train, train_config_from)
+                          save_checkpoint, train, train_config_from, untrained_items)
 from shared.config import check
 from shared.data.splits import Examples, StreamSplit, TrainSplit
 from shared.metrics import summarize
@@ -229,7 +229,8 @@ def coop_train(model, model_name: str, split: TrainSplit, generator, config: Coo
                 break
     model.load_state_dict(best_state)
     model.eval()
-    ckpt = make_checkpoint(model_name, model, ce_config, vocab_hash, {**best_fig}, "stream", history)
+    ckpt = make_checkpoint(model_name, model, ce_config, vocab_hash, {**best_fig}, "stream", history,
+                           untrained=untrained_items(split.train, model.num_items))
     return model, _finish(ckpt, config, generator, out, parent)
 
 

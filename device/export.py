@@ -276,8 +276,9 @@ def _build(fmt: str, wrapper, model, folder: Path, config: ExportConfig) -> tupl
 
 
 def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
-               metrics: dict | None = None, config: ExportConfig | None = None) -> Path:
-    """Write `out_dir/<fmt>/` (file + manifest.json) atomically; returns that folder."""
+               metrics: dict | None = None, config: ExportConfig | None = None, untrained=()) -> Path:
+    """Write `out_dir/<fmt>/` (file + manifest.json) atomically; returns that folder. `untrained`: the item ids no
+    training sequence held (the manifest's untrained_items)."""
     config = config or default_config(model_name)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
@@ -297,7 +298,7 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
             size_bytes=path.stat().st_size, inputs=inputs, outputs=outputs, history_length=model.max_len,
             num_items=model.num_items, vocab_hash=vocab_hash,
             created_at=datetime.now(timezone.utc).isoformat(), metrics={**(metrics or {}), **parity, **bounds},
-            golden=golden)
+            golden=golden, untrained_items=tuple(int(i) for i in untrained))
         write_manifest(manifest, tmp)
         tmp.chmod(0o755)
         replace_dir(tmp, final)
@@ -318,5 +319,5 @@ def export_checkpoint(ckpt_path: str | Path, formats: tuple[str, ...], out_dir: 
 
     model, ckpt = load_checkpoint(ckpt_path)
     metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float))}
-    return {fmt: export_one(model, ckpt["model"], ckpt["vocab_hash"], fmt, Path(out_dir), metrics, config)
-            for fmt in formats}
+    return {fmt: export_one(model, ckpt["model"], ckpt["vocab_hash"], fmt, Path(out_dir), metrics, config,
+                            untrained=ckpt.get("untrained_items", ())) for fmt in formats}

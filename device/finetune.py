@@ -58,8 +58,10 @@ def finetune(ckpt: str | Path, fresh_sequences: Sequence[np.ndarray], budget_s: 
                "loss": losses[-1] if losses else float("nan")}
     if valid is not None:
         figures.update(validate(model, valid))
+    fresh = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, int)
     ckpt_dict = make_checkpoint(parent["model"], model, config, parent["vocab_hash"], figures,
-                                parent.get("protocol", "stream"), [figures], parent=parent.get("version"))
+                                parent.get("protocol", "stream"), [figures], parent=parent.get("version"),
+                                untrained=np.setdiff1d(parent.get("untrained_items", []), fresh))
     out = Path(out)
     path = save_checkpoint(ckpt_dict, out if out.suffix == ".pt" else out / CHECKPOINT_NAME)
     figures.update({"version": ckpt_dict["version"], "parent": parent.get("version")})

@@ -142,6 +142,20 @@ def fused_order(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.nda
     return np.argsort(-fuse(config, llm_scores, srm_logits, positions, length), kind="stable")
 
 
+def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, untrained) -> np.ndarray:
+    """The SRM's logits, those of the items it was never trained on replaced by the mean of the list's others.
+
+    The model's score of such an item (a new item, say) only says "never seen", which would bury it; a neutral
+    score lets the cloud's score place it. A list of untrained items only is returned as it is.
+    """
+    if not len(untrained):
+        return srm_logits
+    unknown = np.isin(items, untrained)
+    if not unknown.any() or unknown.all():
+        return srm_logits
+    return np.where(unknown, srm_logits[~unknown].mean(), srm_logits)
+
+
 def srm_order(srm_logits: np.ndarray) -> np.ndarray:
     """(L,) int64 indices into the list by SRM logit, best first; ties keep the LLM order."""
     return (-np.asarray(srm_logits, dtype=np.float64)).argsort(kind="stable")

@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from device import consistency
-from device.fusion import FusionConfig, ListFusion, srm_order
+from device.fusion import FusionConfig, ListFusion, neutral_untrained, srm_order
 from device.policy import Decision, Policy, PolicyState
 from device.runtime import Reranker
 from shared.config import check
@@ -277,6 +277,7 @@ class DeviceSession:
             self._slate = Slate(tuple(items[top].tolist()), tuple((-(slots[top] + 1.0)).tolist()),
                                 self._stale, "llm", self._generator_version, self.reranker.manifest.version)
             return
+        logits = neutral_untrained(items, logits, self.reranker.manifest.untrained_items)
         fused = self._fusion.fuse(logits)
         order = (-fused).argsort(kind="stable")[:k]  # ties keep the LLM order
         if everything is None:

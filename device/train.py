@@ -264,18 +264,28 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
             break
     model.load_state_dict(best_state)
     model.eval()
-    ckpt = make_checkpoint(model_name, model, config, vocab_hash, best_metrics, protocol, history, cold=cold)
+    ckpt = make_checkpoint(model_name, model, config, vocab_hash, best_metrics, protocol, history, cold=cold,
+                           untrained=untrained_items(split.train, num_items))
     if out is not None:
         save_checkpoint(ckpt, Path(out) / CHECKPOINT_NAME)
     return model, ckpt
 
 
+def untrained_items(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
+    """Ascending ids of the items that no sequence holds: the model learned nothing about them."""
+    from shared.data.cold import item_counts
+
+    return np.flatnonzero(item_counts(sequences, num_items)[1:] == 0) + 1
+
+
 def make_checkpoint(model_name, model, config: TrainConfig, vocab_hash: str, metrics: dict, protocol: str,
-                    history: list, parent: str | None = None, cold: dict | None = None) -> dict:
+                    history: list, parent: str | None = None, cold: dict | None = None,
+                    untrained: Sequence[int] = ()) -> dict:
     """State dict + model config + training config + vocab hash + validation metrics (+ lineage).
 
     `cold_seed` and `cold_fraction` name protocol C's cold draw (None: the split had no cold items); checkpoints
-    written before they existed lack the keys, and readers use .get.
+    written before they existed lack the keys, and readers use .get. `untrained_items`: the ids no training
+    sequence held (untrained_items()), carried into the exported manifest.
     """
     from datetime import datetime, timezone
 
@@ -290,6 +300,7 @@ def make_checkpoint(model_name, model, config: TrainConfig, vocab_hash: str, met
         "protocol": protocol,
         "cold_seed": None if cold is None else int(cold["cold_seed"]),
         "cold_fraction": None if cold is None else float(cold["cold_fraction"]),
+        "untrained_items": [int(i) for i in untrained],
         "metrics": {k: float(v) for k, v in metrics.items()},
         "history": history,
         "created_at": datetime.now(timezone.utc).isoformat(),

@@ -37,7 +37,7 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: expected a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(ModelManifest)}
-    missing = sorted(n for n in names if n not in data and n not in ("metrics", "golden"))
+    missing = sorted(n for n in names if n not in data and n not in ("metrics", "golden", "untrained_items"))
     if missing:
         raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
     unknown = sorted(set(data) - names)
@@ -85,7 +85,18 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
         created_at=check("created_at", str),
         metrics={str(k): float(v) for k, v in metrics.items()},
         golden=_golden(data.get("golden"), data["history_length"], source),
+        untrained_items=_untrained(data.get("untrained_items", []), data["num_items"], source),
     )
+
+
+def _untrained(raw, num_items: int, source: str) -> tuple[int, ...]:
+    """Sorted distinct item ids in 1..num_items."""
+    ok = isinstance(raw, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    ok = ok and all(1 <= v <= num_items for v in raw) and all(a < b for a, b in zip(raw, raw[1:]))
+    if not ok:
+        raise ManifestError(f"{source}: field 'untrained_items' must list distinct item ids in 1..{num_items}, "
+                            "ascending")
+    return tuple(raw)
 
 
 def _golden(raw, history_length: int, source: str) -> GoldenExample | None:

@@ -99,3 +99,6 @@ class ModelManifest:
     created_at: str
     metrics: dict[str, float] = field(default_factory=dict)
     golden: GoldenExample | None = None
+    # Items (sorted ids) no training sequence of the model held: its scores for them mean nothing, so the device
+    # gives them a neutral score (the mean of the list's other candidates) and lets the LLM's score place them.
+    untrained_items: tuple[int, ...] = ()

@@ -134,6 +134,7 @@ def manifest_to_pb(manifest: ModelManifest) -> pb.ModelManifest:
         vocab_hash=manifest.vocab_hash, created_at=manifest.created_at, metrics=manifest.metrics,
         golden=None if manifest.golden is None else pb.GoldenExample(
             history=manifest.golden.history, candidates=manifest.golden.candidates, scores=manifest.golden.scores),
+        untrained_items=manifest.untrained_items,
     )
 
 
@@ -149,5 +150,6 @@ def manifest_from_pb(msg: pb.ModelManifest) -> ModelManifest:
         "created_at": msg.created_at, "metrics": dict(msg.metrics),
         "golden": {"history": list(msg.golden.history), "candidates": list(msg.golden.candidates),
                    "scores": list(msg.golden.scores)} if msg.HasField("golden") else None,
+        "untrained_items": list(msg.untrained_items),
     }
     return manifest_from_dict(data, source="manifest from server")

@@ -65,7 +65,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dim_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("model_name", "version", "format", "file_name", "sha256", "size_bytes", "inputs", "outputs", "history_length", "num_items", "vocab_hash", "created_at", "metrics", "golden")
+    __slots__ = ("model_name", "version", "format", "file_name", "sha256", "size_bytes", "inputs", "outputs", "history_length", "num_items", "vocab_hash", "created_at", "metrics", "golden", "untrained_items")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ModelManifest(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     GOLDEN_FIELD_NUMBER: _ClassVar[int]
+    UNTRAINED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     format: ModelFormat
@@ -101,7 +102,8 @@ class ModelManifest(_message.Message):
     created_at: str
     metrics: _containers.ScalarMap[str, float]
     golden: GoldenExample
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., history_length: _Optional[int] = ..., num_items: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., golden: _Optional[_Union[GoldenExample, _Mapping]] = ...) -> None: ...
+    untrained_items: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., history_length: _Optional[int] = ..., num_items: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., golden: _Optional[_Union[GoldenExample, _Mapping]] = ..., untrained_items: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GoldenExample(_message.Message):
     __slots__ = ("history", "candidates", "scores")

@@ -112,3 +112,14 @@ def test_list_fusion_reused_across_events_equals_the_rule_bit_for_bit(config):
 def test_sigmoid_equals_its_formula_bit_for_bit():
     x = np.random.default_rng(1).normal(size=1000).astype(np.float32) * 10
     assert np.array_equal(sigmoid(x), 0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64))))
+
+
+def test_untrained_items_get_the_mean_of_the_lists_other_srm_scores():
+    from device.fusion import neutral_untrained
+
+    items = np.array([10, 11, 12, 13])
+    logits = np.array([3.0, -50.0, 1.0, 2.0])  # item 11: a score that only says "never trained on"
+    got = neutral_untrained(items, logits, (11, 99))
+    assert got.tolist() == [3.0, 2.0, 1.0, 2.0]
+    assert neutral_untrained(items, logits, ()) is logits  # nothing untrained: the scores as they are
+    assert neutral_untrained(items[1:2], logits[1:2], (11,)).tolist() == [-50.0]  # no other candidate to average

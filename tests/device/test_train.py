@@ -252,6 +252,14 @@ def test_cli_train_eval_export(tmp_path, capsys):
     rc = main(["eval", "srm", "--data", str(tmp_path / "data"), "--artifact", str(tmp_path / "x" / "onnx"), "--json"])
     from_artifact = json.loads(capsys.readouterr().out)
     assert rc == 0 and from_artifact["ndcg@10"] == pytest.approx(figures["ndcg@10"], abs=1e-9)
+    # the items no training sequence held travel from the checkpoint into the manifest a device reads
+    from device.train import load_checkpoint, untrained_items
+    from shared.data.splits import stream_split
+    from shared.manifest import read_manifest
+
+    expected = untrained_items(stream_split(data).srm_train().train, data.num_items).tolist()
+    assert load_checkpoint(tmp_path / "run")[1]["untrained_items"] == expected
+    assert list(read_manifest(tmp_path / "x" / "onnx").untrained_items) == expected
 
 
 @pytest.mark.parametrize("from_scratch", [False, True])

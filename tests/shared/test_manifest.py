@@ -32,6 +32,9 @@ def test_round_trip_and_verify(tmp_path):
     (lambda d: d.update(golden={"history": [1], "candidates": [1], "scores": [0.0]}), "golden"),
     (lambda d: d.update(golden={"history": [0] * 50, "candidates": [1, 2], "scores": [0.0]}), "golden"),
     (lambda d: d.update(version="../escape"), "version"),
+    (lambda d: d.update(untrained_items=[5, 3]), "untrained_items"),
+    (lambda d: d.update(untrained_items=[0]), "untrained_items"),
+    (lambda d: d.update(untrained_items=[1683]), "untrained_items"),
 ])
 def test_bad_fields_are_refused(tmp_path, mutate, message):
     _artifact(tmp_path)
@@ -61,3 +64,14 @@ def test_versions_sort_in_creation_order():
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     versions = [new_version("f" * 64, t0 + timedelta(microseconds=n)) for n in (0, 1, 1000, 10**6)]
     assert versions == sorted(versions)
+
+
+def test_untrained_items_round_trip_and_an_older_manifest_without_them_loads(tmp_path):
+    manifest = _artifact(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data.pop("untrained_items") == []
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert read_manifest(tmp_path).untrained_items == ()
+    with_items = dataclasses.replace(manifest, untrained_items=(3, 17, 1682))
+    write_manifest(with_items, tmp_path)
+    assert read_manifest(tmp_path) == with_items

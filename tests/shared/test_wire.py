@@ -1,4 +1,5 @@
 """Wire conversion: round trips, and every field validated with its name in the error."""
+import dataclasses
 import pytest
 
 from shared import wire
@@ -63,6 +64,8 @@ def _manifest():
 def test_manifest_round_trip_and_format_enum():
     manifest = _manifest()
     assert wire.manifest_from_pb(wire.manifest_to_pb(manifest)) == manifest
+    with_untrained = dataclasses.replace(manifest, untrained_items=(2, 40))
+    assert wire.manifest_from_pb(wire.manifest_to_pb(with_untrained)) == with_untrained
     assert wire.format_from_pb(pb.MODEL_FORMAT_UNSPECIFIED) is ModelFormat.ONNX
     with pytest.raises(InvalidArgumentError):
         wire.format_from_pb(77)
