@@ -52,10 +52,11 @@ class PolicySpec:
 
 
 class _Manifest:
-    """The two manifest fields a session reads, for stand-in models that have no manifest."""
+    """The manifest fields a session reads, for stand-in models that have no manifest (they know every item)."""
 
     def __init__(self, num_items: int, version: str):
         self.num_items, self.version = num_items, version
+        self.untrained_items: tuple[int, ...] = ()
 
 
 class MemoReranker:
