@@ -142,15 +142,25 @@ def fused_order(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.nda
     return np.argsort(-fuse(config, llm_scores, srm_logits, positions, length), kind="stable")
 
 
-def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, untrained) -> np.ndarray:
-    """The SRM's logits, those of the items it was never trained on replaced by the mean of the list's others.
+def untrained_mask(untrained, num_items: int) -> np.ndarray | None:
+    """(num_items + 1,) bool, True at the ids of `untrained` (None when there are none): one lookup per event."""
+    if not len(untrained):
+        return None
+    mask = np.zeros(num_items + 1, dtype=bool)
+    mask[np.asarray(untrained, dtype=np.int64)] = True
+    return mask
+
+
+def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The SRM's logits, those of the items it was never trained on (`mask`, untrained_mask()) replaced by the mean
+    of the list's others.
 
     The model's score of such an item (a new item, say) only says "never seen", which would bury it; a neutral
     score lets the cloud's score place it. A list of untrained items only is returned as it is.
     """
-    if not len(untrained):
+    if mask is None:
         return srm_logits
-    unknown = np.isin(items, untrained)
+    unknown = mask[items]
     if not unknown.any() or unknown.all():
         return srm_logits
     return np.where(unknown, srm_logits[~unknown].mean(), srm_logits)

@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from device import consistency
-from device.fusion import FusionConfig, ListFusion, neutral_untrained, srm_order
+from device.fusion import FusionConfig, ListFusion, neutral_untrained, srm_order, untrained_mask
 from device.policy import Decision, Policy, PolicyState
 from device.runtime import Reranker
 from shared.config import check
@@ -105,6 +105,7 @@ class DeviceSession:
         self.num_items = reranker.manifest.num_items
         # the inputs below are built and validated here, so the model's own input checks may be skipped
         self._score = getattr(reranker, "score_trusted", reranker.score)
+        self._mask_for, self._mask = None, None  # the model whose untrained items _mask marks
         # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
         self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
                            if config.measure in consistency.CATALOGUE_MEASURES else None)
@@ -277,7 +278,7 @@ class DeviceSession:
             self._slate = Slate(tuple(items[top].tolist()), tuple((-(slots[top] + 1.0)).tolist()),
                                 self._stale, "llm", self._generator_version, self.reranker.manifest.version)
             return
-        logits = neutral_untrained(items, logits, self.reranker.manifest.untrained_items)
+        logits = neutral_untrained(items, logits, self._untrained_mask())
         fused = self._fusion.fuse(logits)
         order = (-fused).argsort(kind="stable")[:k]  # ties keep the LLM order
         if everything is None:
@@ -289,6 +290,13 @@ class DeviceSession:
                 np.concatenate([[0.0], everything]), items, self._showable, k)
         self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
                             self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
+
+    def _untrained_mask(self) -> np.ndarray | None:
+        """The current model's untrained items as a lookup table, rebuilt only when the model is swapped."""
+        manifest = self.reranker.manifest
+        if self._mask_for is not manifest:
+            self._mask_for, self._mask = manifest, untrained_mask(manifest.untrained_items, manifest.num_items)
+        return self._mask
 
     def _srm_logits(self, items: np.ndarray) -> np.ndarray | None:
         length = self.reranker.history_length

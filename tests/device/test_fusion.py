@@ -115,11 +115,11 @@ def test_sigmoid_equals_its_formula_bit_for_bit():
 
 
 def test_untrained_items_get_the_mean_of_the_lists_other_srm_scores():
-    from device.fusion import neutral_untrained
+    from device.fusion import neutral_untrained, untrained_mask
 
     items = np.array([10, 11, 12, 13])
     logits = np.array([3.0, -50.0, 1.0, 2.0])  # item 11: a score that only says "never trained on"
-    got = neutral_untrained(items, logits, (11, 99))
-    assert got.tolist() == [3.0, 2.0, 1.0, 2.0]
-    assert neutral_untrained(items, logits, ()) is logits  # nothing untrained: the scores as they are
-    assert neutral_untrained(items[1:2], logits[1:2], (11,)).tolist() == [-50.0]  # no other candidate to average
+    mask = untrained_mask((11, 99), num_items=100)
+    assert neutral_untrained(items, logits, mask).tolist() == [3.0, 2.0, 1.0, 2.0]
+    assert untrained_mask((), 100) is None and neutral_untrained(items, logits, None) is logits
+    assert neutral_untrained(items[1:2], logits[1:2], mask).tolist() == [-50.0]  # no other candidate to average

@@ -343,3 +343,29 @@ def test_regret_measure_scores_the_catalogue_without_consumed_items(reranker):
         pool = [i for i in range(1, 13) if i not in session.history]
         expected = consistency.catalogue_regret(np.concatenate([[0.0], logits]), pool, session.history, k=5)
         assert session.last_score == expected
+
+
+class BuryingReranker:
+    """Scores item 7 far below every other candidate, as a model does for an item it never trained on."""
+
+    def __init__(self, inner, untrained=()):
+        import dataclasses
+
+        self.inner, self.manifest = inner, dataclasses.replace(inner.manifest, untrained_items=tuple(untrained))
+
+    @property
+    def history_length(self):
+        return self.inner.history_length
+
+    def score(self, histories, candidates):
+        scores = np.asarray(self.inner.score(histories, candidates), dtype=np.float32)
+        return np.where(candidates == 7, scores.min() - 100.0, scores)
+
+
+def test_an_item_the_model_never_trained_on_is_placed_by_the_cloud_not_buried(reranker):
+    config = SessionConfig(user_id="u1", slate_size=5, num_candidates=12,
+                           fusion=FusionConfig(alpha=0.5, llm_norm="logprob", srm_norm="logit"))
+    lists = response([7, *range(8, 19)])  # the cloud ranks item 7 first (score 0; the others -1, -2, ...)
+    buried = make(BuryingReranker(reranker), config=config, candidates=lists).on_event(2).slate
+    placed = make(BuryingReranker(reranker, untrained=(7,)), config=config, candidates=lists).on_event(2).slate
+    assert 7 not in buried.items and 7 in placed.items
