@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     # caps only bound the time. With a cap of 10 the LLM was cut off while still improving (best epoch 9 of
     # 10, validation NDCG@10 0.108; it peaks at epoch 12 with 0.116), which weakened the cloud side.
     parser.add_argument("--llm-epochs", type=int, default=30,
-                        help="epoch cap of the compact LLM; early stopping ends it first (about 18 epochs, "
-                             "2.5 min on 2 quiet cores)")
+                        help="epoch cap of the cloud LLM; early stopping ends it first (about 20 epochs, "
+                             "under 2 min on 2 quiet cores)")
     parser.add_argument("--srm-epochs", type=int, default=20,
                         help="epoch cap of the independent SASRec; early stopping may end it first (about 2.5 min)")
     args = parser.parse_args(argv)
