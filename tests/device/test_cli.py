@@ -12,7 +12,6 @@ from tests.device.conftest import NUM_ITEMS
 
 @pytest.fixture
 def server(tmp_path, onnx_dir_v2):
-    pytest.importorskip("cloud.server")
     from cloud.registry import publish
     from cloud.server import ServerConfig, create_server
     from shared.generator import PopularityGenerator

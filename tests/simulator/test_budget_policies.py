@@ -4,16 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("device.session")
 
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass
 
-from device.consistency import catalogue_regret  # noqa: E402
-from shared.sequences import pad_left  # noqa: E402
-from simulator.config import load_sim_config  # noqa: E402
-from simulator.device_adapter import PolicySpec  # noqa: E402
-from simulator.experiments import calibrate, load_world, make_replay, plan, policy_for, run_one  # noqa: E402
-from tests.simulator.conftest import small_overrides  # noqa: E402
+from device.consistency import catalogue_regret
+from shared.sequences import pad_left
+from simulator.config import load_sim_config
+from simulator.device_adapter import PolicySpec
+from simulator.experiments import calibrate, load_world, make_replay, plan, policy_for, run_one
+from tests.simulator.conftest import small_overrides
 
 
 def _world(tiny_dir, *extra):

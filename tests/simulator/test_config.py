@@ -57,7 +57,6 @@ def test_too_many_candidates_for_the_catalogue_is_refused(tiny_dir):
 
 
 def test_ray_backend_without_ray_is_a_clear_error(tiny_dir, tmp_path):
-    pytest.importorskip("device.session")
     try:
         import ray  # noqa: F401
         pytest.skip("ray is installed")

@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("device.session")
 
-from shared.records import Candidate  # noqa: E402
-from simulator.config import load_sim_config  # noqa: E402
-from simulator.device_adapter import PolicySpec  # noqa: E402
-from simulator.experiments import load_world, make_replay, run_one  # noqa: E402
-from simulator.run import simulate  # noqa: E402
-from tests.simulator.conftest import small_overrides  # noqa: E402
+from shared.records import Candidate
+from simulator.config import load_sim_config
+from simulator.device_adapter import PolicySpec
+from simulator.experiments import load_world, make_replay, run_one
+from simulator.run import simulate
+from tests.simulator.conftest import small_overrides
 
 
 class RingOracle:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("device.session")
-server_mod = pytest.importorskip("cloud.server")
+from cloud import server as server_mod
 
-from simulator.config import load_sim_config  # noqa: E402
-from simulator.experiments import load_world  # noqa: E402
-from simulator.models import popularity_generator  # noqa: E402
-from simulator.run import simulate  # noqa: E402
-from tests.simulator.conftest import small_overrides  # noqa: E402
+from simulator.config import load_sim_config
+from simulator.experiments import load_world
+from simulator.models import popularity_generator
+from simulator.run import simulate
+from tests.simulator.conftest import small_overrides
 
 FIGURES = ("hr@10", "ndcg@10", "mrr@10", "request_rate", "requests", "stale_slates", "failed_requests",
            "bytes_up_per_event", "bytes_down_per_event", "latency_p50_ms")

@@ -6,11 +6,10 @@ import types
 
 import pytest
 
-pytest.importorskip("device.session")
 
-from simulator.config import load_sim_config  # noqa: E402
-from simulator.run import simulate  # noqa: E402
-from tests.simulator.conftest import small_overrides  # noqa: E402
+from simulator.config import load_sim_config
+from simulator.run import simulate
+from tests.simulator.conftest import small_overrides
 
 
 def _fake_ray() -> types.ModuleType:
