@@ -108,16 +108,11 @@ def eval_main(args: argparse.Namespace) -> int:
         keys = [k for k in figures if not k.startswith("recall@") or k == "recall@50"]
         emit({k: figures[k] for k in keys}, args.json, "llm evaluation")
         return 0
-    from shared.data.cold import PROTOCOLS, cold_world, recorded_draw, save_per_example, slice_figures, slice_of
+    from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
 
-    seed, fraction = (0, 0.0) if args.protocol == "loo" else recorded_draw(
-        args.protocol, args.seed, None, config["train"], f"model {args.model}")
+    seed, fraction = recorded_draw(args.protocol, args.seed, None, config["train"], f"model {args.model}")
     world = cold_world(dataset, args.protocol, fraction, seed)
-    ranks = ranks_for(generator, world.examples, args.n, args.keep_seen)
-    figures = slice_figures(ranks, world.examples.targets, world.cold, world.counts)
-    if args.per_example is not None:
-        save_per_example(args.per_example, world.examples, ranks,
-                         slice_of(world.examples.targets, world.cold, world.counts))
+    figures = world.figures(ranks_for(generator, world.examples, args.n, args.keep_seen), args.per_example)
     emit({**figures, **trained, "protocol": args.protocol, "description": PROTOCOLS[args.protocol], "seed": seed,
           "cold_fraction": fraction, "train_seed": trained["seed"]}, args.json, "llm evaluation (protocol C)")
     return 0

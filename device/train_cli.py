@@ -196,7 +196,7 @@ def eval_main(args: argparse.Namespace) -> int:
 def _cold_eval_main(args, dataset) -> int:
     """Protocol C: full ranking (seen items removed) of the checkpoint's cold world, sliced cold/tail/warm."""
     from shared.cli import emit
-    from shared.data.cold import PROTOCOLS, cold_world, recorded_draw, save_per_example, slice_figures, slice_of
+    from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
     from shared.errors import ConfigError
     from device.evaluate import model_score_fn, rank_examples
     from device.train import load_checkpoint
@@ -204,14 +204,9 @@ def _cold_eval_main(args, dataset) -> int:
     if args.ckpt is None:
         raise ConfigError("--artifact", str(args.artifact), "protocol C needs --ckpt (it records the cold draw)")
     model, ckpt = load_checkpoint(args.ckpt, dataset.vocab_hash)
-    seed, fraction = (0, 0.0) if args.protocol == "loo" else recorded_draw(
-        args.protocol, args.seed, args.cold_fraction, ckpt, f"checkpoint {args.ckpt}")
+    seed, fraction = recorded_draw(args.protocol, args.seed, args.cold_fraction, ckpt, f"checkpoint {args.ckpt}")
     world = cold_world(dataset, args.protocol, fraction, seed)
-    ranks = rank_examples(model_score_fn(model), world.examples, model.max_len)
-    if args.per_example is not None:
-        save_per_example(args.per_example, world.examples, ranks,
-                         slice_of(world.examples.targets, world.cold, world.counts))
-    figures = slice_figures(ranks, world.examples.targets, world.cold, world.counts)
+    figures = world.figures(rank_examples(model_score_fn(model), world.examples, model.max_len), args.per_example)
     emit({"model": ckpt["model"], "protocol": args.protocol, "description": PROTOCOLS[args.protocol], "seed": seed,
           "cold_fraction": fraction, "version": ckpt["version"], "train_seed": ckpt["train_config"].get("seed"),
           **figures}, args.json, "SRM evaluation, protocol C (seen items removed)")

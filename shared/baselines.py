@@ -76,7 +76,7 @@ def baseline_score_fn(kind: str, counts: np.ndarray, vectors: np.ndarray | None 
 def eval_main(args: argparse.Namespace) -> int:
     """`lsc4rec eval baseline`: a baseline's figures on protocol A or C, sliced cold/tail/warm."""
     from shared.cli import emit
-    from shared.data.cold import PROTOCOLS, cold_world, save_per_example, slice_figures, slice_of
+    from shared.data.cold import PROTOCOLS, cold_world
     from shared.data.dataset import load_dataset
     from shared.item_vectors import load_item_vectors
     from shared.ranking import rank_examples
@@ -88,10 +88,7 @@ def eval_main(args: argparse.Namespace) -> int:
     world = cold_world(dataset, args.protocol, args.cold_fraction, args.seed)
     score_fn, length = baseline_score_fn(args.kind, world.counts, vectors, args.recent, args.decay)
     ranks = rank_examples(score_fn, world.examples, length)
-    figures = slice_figures(ranks, world.examples.targets, world.cold, world.counts)
-    if args.per_example is not None:
-        save_per_example(args.per_example, world.examples,
-                         ranks, slice_of(world.examples.targets, world.cold, world.counts))
+    figures = world.figures(ranks, args.per_example)
     settings = {"recent": args.recent, "decay": args.decay} if args.kind == "text-knn" else {}
     emit({"model": args.kind, "protocol": args.protocol, "description": PROTOCOLS[args.protocol],
           "seed": args.seed if args.protocol != "loo" else None, **settings, **figures}, args.json,

@@ -152,6 +152,13 @@ class ColdWorld:
     cold: np.ndarray
     counts: np.ndarray  # (N + 1,) interactions per item in `train.train`: the tail/warm line
 
+    def figures(self, ranks: np.ndarray, per_example: str | Path | None = None) -> dict:
+        """slice_figures() of `ranks` (one per example); with `per_example`, also save_per_example() there."""
+        targets = self.examples.targets
+        if per_example is not None:
+            save_per_example(per_example, self.examples, ranks, slice_of(targets, self.cold, self.counts))
+        return slice_figures(ranks, targets, self.cold, self.counts)
+
 
 def cold_world(dataset: Dataset, protocol: str, fraction: float = 0.1, seed: int = 0) -> ColdWorld:
     """loo (protocol A's test targets, nothing cold), cold (the same targets, `fraction` cold) or cold-stream
@@ -182,7 +189,10 @@ def save_per_example(path: str | Path, examples: Examples, ranks: np.ndarray, sl
 def recorded_draw(protocol: str, seed: int | None, fraction: float | None, trained: dict,
                   where: str) -> tuple[int, float]:
     """The cold draw to evaluate on: the one `trained` (a model's recorded protocol, cold_seed, cold_fraction) was
-    trained with; another protocol, seed or fraction is refused (ConfigError): its cold items were trained on."""
+    trained with; another protocol, seed or fraction is refused (ConfigError): its cold items were trained on.
+    Protocol A ("loo") has no draw (0, 0.0): any model may be evaluated on it."""
+    if protocol == "loo":
+        return 0, 0.0
     if trained.get("protocol") != protocol or trained.get("cold_seed") is None:
         raise ConfigError("protocol", protocol, f"{where} was trained on protocol {trained.get('protocol')!r} "
                                                 f"(cold_seed {trained.get('cold_seed')})")
