@@ -12,7 +12,7 @@ from simulator.figures import PER_USER, POPULARITY, paired_difference
 
 METRIC = "ndcg@10"
 BAR_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
-PROTOCOL = """Protocol B (streaming replay, DESIGN.md section 4). Per user, the last S interactions form the
+PROTOCOL = """Protocol B (streaming replay, docs/design.md section 3). Per user, the last S interactions form the
 live stream; everything before is the past. The SRM is trained on the past; the cloud LLM on the past
 minus its last `cloud_lag` items. At session start the device holds the N-item list the cloud generated
 from the history it last saw (past minus `cloud_lag` items) while the device knows the whole past.

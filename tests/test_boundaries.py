@@ -1,4 +1,4 @@
-"""DESIGN.md section 2, enforced: who may import whom (an AST check over every module)."""
+"""docs/design.md section 2, enforced: who may import whom (an AST check over every module)."""
 import ast
 from pathlib import Path
 
@@ -46,7 +46,7 @@ MODULES = sorted(p for pkg in ("shared", "cloud", "device") for p in (REPO / pkg
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(REPO)))
 def test_module_respects_the_import_table(path):
     bad = _imports(path) & _forbidden(path)
-    assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}, which DESIGN.md section 2 forbids"
+    assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}, which docs/design.md section 2 forbids"
 
 
 def test_only_the_ray_backend_imports_ray():

@@ -1,4 +1,4 @@
-"""Protocol splits (DESIGN.md section 4): A = leave-one-out, B = streaming replay.
+"""Protocol splits (docs/design.md section 3): A = leave-one-out, B = streaming replay.
 
 Every split is built from positions in each user's chronological sequence, so a test can prove
 that no stream event and no validation/test target is ever part of a training prefix.
