@@ -22,8 +22,8 @@ STANDIN = ROOT / "runs" / "bench-device" / "standin"
 _EXPORT = """
 import torch
 from pathlib import Path
-from device.export import export_one
-from device.models.sasrec import SASRec, SASRecConfig
+from device.training.export import export_one
+from device.training.models.sasrec import SASRec, SASRecConfig
 torch.manual_seed(0)
 export_one(SASRec(SASRecConfig(num_items=1682, max_len=50)).eval(), "sasrec-untrained", "standin", "onnx", Path({out!r}))
 """
@@ -33,7 +33,7 @@ _DEVICE = """
 import json, os
 from pathlib import Path
 os.sched_setaffinity(0, {{{cpu}}})
-from device.cli import bench_figures
+from device.runtime.cli import bench_figures
 figures = bench_figures(Path({model!r}), events={events}, num_candidates=50, history=100, policy="budget:0.1",
                         measure={measure!r})
 print(json.dumps(figures))

@@ -51,7 +51,7 @@ def _load_worker(client, stop: threading.Event, rng: random.Random, out: list, b
 def _load_process(address: str, threads: int, seconds: float, budget_s: float, seed: int,
                   pause_s: tuple[float, float] = (0.005, 0.02)):
     """One load-generating process: `threads` closed-loop clients for `seconds`; returns (rows, calls, attempts)."""
-    from device.client import ClientConfig, CloudClient
+    from device.runtime.client import ClientConfig, CloudClient
     from tests.reliability.harness import NUM_ITEMS
 
     config = ClientConfig(address=address, timeout_s=budget_s, max_attempts=3)
@@ -96,7 +96,7 @@ def overload(seconds: float, limit: int = 16, factor: int = 4, delay_ms: float =
     import multiprocessing
 
     from benchmarks.bench_server import process_cpu_seconds
-    from device.client import ClientConfig, CloudClient
+    from device.runtime.client import ClientConfig, CloudClient
     from shared.errors import LSC4RecError
     from shared.records import CandidateRequest
     from tests.reliability.harness import NUM_ITEMS, ChildServer
@@ -205,10 +205,10 @@ def _device_loop(sessions, new_session, stop: threading.Event, rng: random.Rando
 
 
 def soak(seconds: float, devices: int = 100, workers: int = 8, sample_s: float = 5.0) -> None:
-    from device.client import ClientConfig, CloudClient
-    from device.policy import EveryN
-    from device.runtime import load_reranker
-    from device.session import DeviceSession, SessionConfig
+    from device.runtime.client import ClientConfig, CloudClient
+    from device.runtime.policy import EveryN
+    from device.runtime.artifact import load_reranker
+    from device.runtime.session import DeviceSession, SessionConfig
     from shared.data.dataset import write_dataset
     from tests.conftest import synthetic_dataset
     from tests.reliability import models

@@ -277,7 +277,7 @@ def untrained_compact(dataset, out: Path) -> Path:
     from cloud.llm.store import save_run
     from cloud.llm.train import load_llm_config
 
-    config = load_llm_config("compact", REPO / "configs" / "llm" / "compact.toml")
+    config = load_llm_config("compact", REPO / "cloud" / "llm" / "presets" / "compact.toml")
     index = build_index(dataset.items, config.tokenizer)
     save_run(out, build_model(config.model, index.vocab_size, index.depth, 0), index, config, {})
     return out
@@ -343,7 +343,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=32, help="micro-batcher maximum batch size")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batcher maximum wait (ms)")
     parser.add_argument("--llm-max-wait-ms", type=float, default=10.0,
-                        help="micro-batcher maximum wait (ms) in front of the LLM (configs/cloud/llm.toml)")
+                        help="micro-batcher maximum wait (ms) in front of the LLM (cloud/presets/llm.toml)")
     parser.add_argument("--llm-threads", type=int, default=1,
                         help="torch threads of the LLM server (1: on 2 shared cores more threads thrash)")
     parser.add_argument("--timeout-s", type=float, default=2.0, help="per-call deadline against the stand-in")

@@ -23,8 +23,8 @@ REPEAT = int(os.environ.get("LSC4REC_BENCH_REPEAT", "1000"))
 def _model():
     import torch
 
-    from device.models import build_model
-    from device.train import load_checkpoint
+    from device.training.models import build_model
+    from device.training.train import load_checkpoint
 
     path = Path(os.environ.get("LSC4REC_SRM_CKPT", "runs/srm-sasrec/srm.pt"))
     if path.is_file():
@@ -36,7 +36,7 @@ def _model():
 
 def _quality(folders, model, vocab_hash):
     """Protocol A NDCG@10 of eager and every exported variant, if the ML-100K data is present."""
-    from device.evaluate import evaluate, evaluate_artifact, model_score_fn
+    from device.training.evaluate import evaluate, evaluate_artifact, model_score_fn
     from shared.data.dataset import load_dataset
     from shared.data.splits import loo_split
 
@@ -58,7 +58,7 @@ def _quality(folders, model, vocab_hash):
 def main() -> None:
     import torch
 
-    from device import export as ex
+    from device.training import export as ex
 
     torch.set_num_threads(1)
     model, name, vocab_hash, source = _model()

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-preset", default="compact-text", help="preset of the text-grounded LLM")
     parser.add_argument("--text-set", action="append", default=[], metavar="ARG",
                         help="extra argument for training the text-grounded LLM (repeatable, e.g. --text-set=--config "
-                             "--text-set=configs/llm/smollm2-135m.toml)")
+                             "--text-set=cloud/llm/presets/smollm2-135m.toml)")
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(args.models) - set(MODELS))

@@ -23,7 +23,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     serve.add_argument("--models", type=Path, default=None,
                        help="folder of published device artifacts (one subfolder per version; rescanned live)")
     serve.add_argument("--address", default=None, help="host:port to bind (default 127.0.0.1:50051; port 0 = any)")
-    serve.add_argument("--config", type=Path, default=None, help="TOML file of ServerConfig (configs/cloud/)")
+    serve.add_argument("--config", type=Path, default=None, help="TOML file of ServerConfig (cloud/presets/)")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set batch.max_batch_size=16 (repeatable)")
     serve.add_argument("--token-file", type=Path, default=None,

@@ -41,7 +41,7 @@ HEALTH_EXEMPT = "/grpc.health.v1.Health/"
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Limits and sizes of the cloud server (configs/cloud/*.toml)."""
+    """Limits and sizes of the cloud server (cloud/presets/*.toml)."""
 
     address: str = "127.0.0.1:50051"  # host:port to bind; port 0 picks a free one
     max_in_flight: int = 256  # GetCandidates calls served at once; more are shed with RESOURCE_EXHAUSTED
@@ -266,7 +266,7 @@ class CloudServer:
             options=[("grpc.max_receive_message_length", self.config.max_receive_bytes),
                      ("grpc.max_send_message_length", self.config.max_send_bytes),
                      ("grpc.so_reuseport", 0),
-                     # Devices send keepalive pings (device.client) to notice dead links; accept them.
+                     # Devices send keepalive pings (device.runtime.client) to notice dead links; accept them.
                      ("grpc.keepalive_permit_without_calls", 1),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                      ("grpc.http2.max_ping_strikes", 0)])

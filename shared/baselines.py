@@ -1,7 +1,7 @@
 """Non-learned baselines as full-catalogue score functions (popularity, text nearest neighbour), and `eval baseline`.
 
 A score function maps histories (a list of item-id arrays, or a (B, T) array left-padded with 0) to (B, N + 1)
-float scores, column 0 (padding) = -inf, like device.evaluate's model score functions, so the same ranking rule
+float scores, column 0 (padding) = -inf, like device.training.evaluate's model score functions, so the same ranking rule
 (shared.ranking.rank_examples) judges models and baselines.
 """
 from __future__ import annotations

@@ -23,6 +23,21 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, apply_overrides(values, overrides or []))
 
 
+def resolve_preset(folder: Path, preset: str | Path, key: str = "preset") -> Path:
+    """A preset name (FOLDER/NAME.toml, shipped as package data) or a path to a TOML file; a missing one is a
+    ConfigError naming `key`, the value, and the presets that do exist."""
+    path = Path(preset)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(key, str(preset), "no such file")
+        return path
+    named = folder / f"{preset}.toml"
+    if not named.is_file():
+        known = sorted(p.stem for p in folder.glob("*.toml"))
+        raise ConfigError(key, str(preset), f"unknown preset (known: {', '.join(known)})")
+    return named
+
+
 def read_toml(path: str | Path) -> dict:
     """A TOML file as a dict; an unreadable file is a ConfigError naming it."""
     try:

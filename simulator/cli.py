@@ -17,7 +17,7 @@ GROUPS = {
     "device": "run or benchmark the device client",
 }
 # Modules that add subcommands; each has register(groups). Missing ones (partial installs) are skipped.
-REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.text.cli", "cloud.cli", "device.train_cli", "device.cli", "simulator.commands")
+REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.text.cli", "cloud.cli", "device.training.cli", "device.runtime.cli", "simulator.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,9 +99,9 @@ class GrpcSource:
 
 
 def _make_client(address: str, num_items: int, timeout_s: float):
-    """device.client.CloudClient (deadline, retries of UNAVAILABLE only) when present; else a plain stub."""
+    """device.runtime.client.CloudClient (deadline, retries of UNAVAILABLE only) when present; else a plain stub."""
     try:
-        from device.client import ClientConfig, CloudClient
+        from device.runtime.client import ClientConfig, CloudClient
     except ImportError:
         return _StubClient(address, timeout_s)
     return _DeviceClient(CloudClient(ClientConfig(address=address, timeout_s=timeout_s), num_items))

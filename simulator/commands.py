@@ -12,7 +12,7 @@ def register(groups) -> None:
         description="Run a simulation preset: policies x fusion x request budgets x seeds on protocol B, "
                     "plus the no-cloud baseline; writes config.json, metrics.json, rows/*.csv, report.md and PNG plots.")
     sim.add_argument("--preset", required=True,
-                     help="preset name (configs/sim/NAME.toml, e.g. ml100k, quick) or a path to a TOML file")
+                     help="preset name (simulator/presets/NAME.toml, e.g. ml100k, quick) or a path to a TOML file")
     sim.add_argument("--out", type=Path, required=True, help="output folder (created; files are replaced)")
     sim.add_argument("--backend", choices=("local", "ray"), default=None,
                      help="local (default) or ray: shard users across Ray workers (needs the [ray] extra)")

@@ -5,14 +5,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from device.consistency import ALL_MEASURES
-from shared.config import check, load_config
+from device.runtime.consistency import ALL_MEASURES
+from shared.config import check, load_config, resolve_preset as _resolve
 from shared.errors import ConfigError
 
 POLICIES = ("never", "always", "every-n", "random", "consistency", "consistency-budget")
 FUSIONS = ("llm", "srm", "fusion")
-REPO = Path(__file__).resolve().parent.parent
-PRESET_DIR = REPO / "configs" / "sim"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass(frozen=True)
@@ -77,18 +76,18 @@ class SimConfig:
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
     seeds: tuple[int, ...] = (0, 1, 2)
     alpha: float = 0.5  # fusion weight of the LLM side
-    # How each side's scores enter fusion (device.fusion): the SRM's as "sigmoid" - 0.5, "rank" or raw "logit";
+    # How each side's scores enter fusion (device.runtime.fusion): the SRM's as "sigmoid" - 0.5, "rank" or raw "logit";
     # the LLM's as "rank" -(j+1)/N or "logprob" (its sequence log-probabilities). "logprob" + "logit" is a
     # weighted product of the two models' probabilities.
     srm_norm: Literal["sigmoid", "rank", "logit"] = "sigmoid"
     llm_norm: Literal["rank", "logprob"] = "rank"
     threshold: float = 30.0  # the fixed threshold of the plain "consistency" policy
-    # Inconsistency score of the consistency policies: an order measure of device.consistency.MEASURES
+    # Inconsistency score of the consistency policies: an order measure of device.runtime.consistency.MEASURES
     # (lsc4rec = the reference's footrule + (4 + 0.3 Z)^2), or "regret" (catalogue_regret: the SRM's
     # top-K belief over the whole catalogue that the cached list misses).
     measure: str = "lsc4rec"
     # consistency-budget: "threshold" = one threshold per budget from the calibration replay;
-    # "adaptive" = device.policy.Budget shared by the fleet, warm-started with the calibration replay's
+    # "adaptive" = device.runtime.policy.Budget shared by the fleet, warm-started with the calibration replay's
     # scores and steered online to the budget (its realised rate follows the budget when the stream's
     # scores drift from the calibration's).
     budget_mode: Literal["threshold", "adaptive"] = "threshold"
@@ -144,17 +143,8 @@ class SimConfig:
 
 
 def resolve_preset(preset: str) -> Path:
-    """A preset name (configs/sim/NAME.toml) or a path to a TOML file."""
-    path = Path(preset)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError("preset", preset, "no such file")
-        return path
-    named = PRESET_DIR / f"{preset}.toml"
-    if not named.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-        raise ConfigError("preset", preset, f"unknown preset (known: {', '.join(known)})")
-    return named
+    """A preset name (simulator/presets/NAME.toml) or a path to a TOML file."""
+    return _resolve(PRESET_DIR, preset)
 
 
 def load_sim_config(preset: str | None, overrides: list[str] | None = None) -> SimConfig:

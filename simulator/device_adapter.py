@@ -1,4 +1,4 @@
-"""Builds the real device.session.DeviceSession for each simulated user; a memoising reranker shared by all."""
+"""Builds the real device.runtime.session.DeviceSession for each simulated user; a memoising reranker shared by all."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ class PolicySpec:
 
     def build(self):
         """The device runtime's policy object (stateless ones may be shared by every session)."""
-        from device import policy as p
+        from device.runtime import policy as p
 
         if self.name == "never":
             return p.Never()
@@ -46,7 +46,7 @@ class PolicySpec:
             return p.RandomRate(min(max(self.rate, 0.0), 1.0), self.seed)
         if self.name == "consistency":
             return p.Threshold(self.threshold) if np.isfinite(self.threshold) else p.Never()
-        if self.name == "budget":  # ONE stateful policy shared by the fleet (see device.policy.Budget)
+        if self.name == "budget":  # ONE stateful policy shared by the fleet (see device.runtime.policy.Budget)
             return p.Budget(self.rate, self.calibration or None, adapt=True, seed=self.seed)
         raise InvalidArgumentError("policy", self.name, "unknown policy")
 
@@ -130,7 +130,7 @@ class MemoReranker:
 
 def fusion_config(fusion: str, alpha: float, srm_norm: str, llm_norm: str = "rank"):
     """The device's FusionConfig for one of the grid's fusions (`srm_norm` "sigmoid" is the device's "prob")."""
-    from device.fusion import FusionConfig
+    from device.runtime.fusion import FusionConfig
 
     if fusion in ("llm", "srm"):
         return FusionConfig(rule=fusion)
@@ -143,7 +143,7 @@ def fusion_config(fusion: str, alpha: float, srm_norm: str, llm_norm: str = "ran
 def make_session(user: int, past: np.ndarray, initial, reranker: MemoReranker, policy, fusion, slate_size: int,
                  num_candidates: int, now_ms: Callable[[], float], measure: str = "lsc4rec"):
     """One user's DeviceSession in driven mode (no source: the simulator answers its requests)."""
-    from device.session import DeviceSession, SessionConfig
+    from device.runtime.session import DeviceSession, SessionConfig
     from simulator.engine import MAX_REQUEST_HISTORY
 
     config = SessionConfig(user_id=str(int(user)), slate_size=slate_size, num_candidates=num_candidates,

@@ -96,7 +96,7 @@ MAX_REQUEST_HISTORY = 1024  # history a device sends (the server accepts up to S
 class Replay:
     """Runs one policy x fusion x seed over the streams; the cloud answers through `source`.
 
-    Every user is a real `device.session.DeviceSession` in driven mode: the replay delivers its
+    Every user is a real `device.runtime.session.DeviceSession` in driven mode: the replay delivers its
     events, collects its requests, lets the network model decide their fate, sends the delivered ones
     in batches (everything outstanding goes together when some device needs its answer), and hands
     each answer back before that device's next event (or after it, for answers still in flight).

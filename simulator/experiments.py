@@ -155,8 +155,8 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
     """Per user: scores[t, k] = inconsistency after revealing step t when the cached list came from the
     request after step k (k = 0: the initial list); forced[t, k] = fewer than K candidates remain.
     Computed with the device runtime's own measures, as DeviceSession does."""
-    from device.consistency import CATALOGUE_MEASURES, catalogue_regret, inconsistency_of_permutation
-    from device.fusion import srm_order
+    from device.runtime.consistency import CATALOGUE_MEASURES, catalogue_regret, inconsistency_of_permutation
+    from device.runtime.fusion import srm_order
     from shared.records import CandidateRequest
 
     cfg = world.config
@@ -296,7 +296,7 @@ def check_cold_models(config: SimConfig) -> None:
         raise ConfigError("srm", config.srm, "protocol C needs the SRM's checkpoint (srm.pt) beside its export, to "
                                              "check that it was trained without the cold items")
     if config.srm:
-        from device.train import load_checkpoint
+        from device.training.train import load_checkpoint
 
         _, record = load_checkpoint(ckpt)
         recorded_draw("cold-stream", config.cold_seed, config.cold_fraction, record, f"srm {ckpt}")

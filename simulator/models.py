@@ -60,7 +60,7 @@ def load_reranker(folder: str, fmt: str, dataset, past: Sequence[np.ndarray]):
     """The exported SRM through the device runtime (manifest verified), or the Markov stand-in."""
     if not folder:
         return MarkovReranker(dataset.num_items).fit(past)
-    from device.runtime import load_reranker as load_device
+    from device.runtime.artifact import load_reranker as load_device
 
     path = Path(folder)
     sub = path / fmt

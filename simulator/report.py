@@ -250,7 +250,7 @@ def write_report(metrics: dict, out: Path) -> Path:
               "device's last request failed (lost, outage, timeout) or is still in flight; the device keeps "
               "serving its cached list.", ""]
     lines += ["## How the replay runs", "",
-              "Each user is a real `device.session.DeviceSession` (driven mode) holding the exported SRM through "
+              "Each user is a real `device.runtime.session.DeviceSession` (driven mode) holding the exported SRM through "
               "the device runtime. Without re-training users are independent, so the engine replays the t-th "
               "event of every user, then sends all requests of that round in one batch (in-process: one batched "
               "`generate`; gRPC: concurrent calls that the server micro-batches); a test proves this gives the "
@@ -300,7 +300,7 @@ def _fusion_text(cfg: dict) -> str:
 def _policy_text(cfg: dict) -> str:
     measure = cfg.get("measure", "lsc4rec")
     how = ("one threshold per budget from the calibration replay" if cfg.get("budget_mode", "threshold") == "threshold"
-           else "device.policy.Budget shared by the fleet, warm-started with the calibration replay's score "
+           else "device.runtime.policy.Budget shared by the fleet, warm-started with the calibration replay's score "
                 "percentiles and steered online to the budget; decisions follow global time order")
     return (f"Consistency-under-budget: request when the inconsistency score ({MEASURE_TEXT.get(measure, measure)}) "
             f"is high; {how}. The calibration replay moves each user's stream S interactions back (no stream "

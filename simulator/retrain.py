@@ -34,7 +34,7 @@ class MarkovRetrainer:
 
 
 class SrmRetrainer:
-    """device.finetune (as `train srm --resume --fresh` runs it) -> device.export -> cloud.registry.publish
+    """device.training.finetune (as `train srm --resume --fresh` runs it) -> device.training.export -> cloud.registry.publish
     -> device.runtime.load_reranker (the manifest is verified, as a device does after ModelService)."""
 
     def __init__(self, world, config):
@@ -46,9 +46,9 @@ class SrmRetrainer:
 
     def __call__(self, histories):
         from cloud.registry import publish
-        from device.export import export_checkpoint
-        from device.finetune import finetune
-        from device.runtime import load_reranker
+        from device.training.export import export_checkpoint
+        from device.training.finetune import finetune
+        from device.runtime.artifact import load_reranker
 
         self.count += 1
         step = self.work / f"v{self.count}"

@@ -6,7 +6,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executorch"}
-RUNTIME_MODULES = {"runtime", "session", "policy", "fusion", "consistency", "client", "cli"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -33,9 +32,10 @@ def _package_rule(path: Path) -> set[str]:
     if package == "cloud":
         return {"device", "simulator", "ray"}
     if package == "device":
-        runtime = len(rest) == 1 and Path(rest[0]).stem in RUNTIME_MODULES
         banned = {"cloud", "simulator", "ray"}
-        return banned | (HEAVY - {"onnxruntime", "executorch"}) if runtime else banned
+        if rest[0] == "runtime":  # the on-device runtime: onnxruntime/executorch runtimes only, never torch
+            return banned | (HEAVY - {"onnxruntime", "executorch"})
+        return banned
     return set()
 
 

@@ -24,7 +24,7 @@ _T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def make_artifact(folder: Path, payload: bytes, fmt: ModelFormat = ModelFormat.ONNX, minute: int = 0) -> ModelManifest:
-    """An artifact folder as device/export.py writes it: the file + manifest.json."""
+    """An artifact folder as device/training/export.py writes it: the file + manifest.json."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"model.{fmt.value}"
     (folder / name).write_bytes(payload)

@@ -330,7 +330,7 @@ def test_tls_with_throwaway_certificate(tmp_path):
         server.stop(0)
 
 
-@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[2] / "configs" / "cloud").glob("*.toml")))
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[2] / "cloud" / "presets").glob("*.toml")))
 def test_config_presets_load(preset):
     from shared.config import load_config
 

@@ -57,7 +57,7 @@ def test_device_run_with_unreachable_cloud_keeps_going(onnx_dir, tmp_path, capsy
 
 
 def test_bad_events_file_names_the_line(tmp_path):
-    from device.cli import read_events
+    from device.runtime.cli import read_events
 
     path = tmp_path / "e.txt"
     path.write_text("1\nabc\n")
@@ -89,7 +89,7 @@ def cold_run(tmp_path_factory):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(["train", "srm", "--data", str(root / "data"), "--model", "sasrec", "--out", str(root / "run"),
-                     "--config", "configs/srm/tiny.toml", "--set", "train.epochs=1", "--protocol", "cold",
+                     "--config", "device/training/presets/tiny.toml", "--set", "train.epochs=1", "--protocol", "cold",
                      "--cold-seed", "1", "--json"])
     assert code == 0
     return root, json.loads(out.getvalue())
@@ -103,7 +103,7 @@ def _eval(cold_run, capsys, *extra):
 
 
 def test_train_and_eval_srm_on_protocol_c(cold_run, capsys, tmp_path):
-    from device.train import load_checkpoint
+    from device.training.train import load_checkpoint
 
     root, trained = cold_run
     assert trained["protocol"] == "cold" and trained["cold_seed"] == 1 and trained["cold_fraction"] == 0.1
@@ -135,7 +135,7 @@ def test_eval_srm_refuses_another_cold_draw_in_one_line(cold_run, capsys, extra,
 def test_checkpoints_without_cold_fields_still_load_and_are_refused_on_protocol_c(cold_run, capsys, tmp_path):
     import torch
 
-    from device.train import load_checkpoint, save_checkpoint
+    from device.training.train import load_checkpoint, save_checkpoint
 
     root, _ = cold_run
     old = torch.load(root / "run" / "srm.pt", weights_only=True)
@@ -153,9 +153,9 @@ def test_checkpoints_without_cold_fields_still_load_and_are_refused_on_protocol_
 
 def test_training_tolerates_users_whose_prefix_is_all_cold(tiny_dataset):
     """without_items keeps such users with an empty prefix: training windows skip them, models score them."""
-    from device.evaluate import evaluate, model_score_fn
-    from device.models import build_model
-    from device.train import TrainConfig, training_arrays
+    from device.training.evaluate import evaluate, model_score_fn
+    from device.training.models import build_model
+    from device.training.train import TrainConfig, training_arrays
     from shared.data.cold import without_items
     from shared.data.splits import loo_split
 

@@ -12,7 +12,7 @@ import pytest
 
 from cloud.registry import publish
 from cloud.server import ServerConfig, create_server
-from device.client import ClientConfig, CloudClient, CloudError, CloudUnavailableError
+from device.runtime.client import ClientConfig, CloudClient, CloudError, CloudUnavailableError
 from shared.errors import ChecksumError, InvalidArgumentError, ManifestError, UnavailableError
 from shared.generator import PopularityGenerator
 from shared.manifest import verify_artifact
@@ -187,6 +187,6 @@ def test_download_mismatch_is_discarded(scripted, tmp_path, damage):
 
 def test_client_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
-            "import device.client; assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
+            "import device.runtime.client; assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

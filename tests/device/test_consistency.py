@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from device import consistency as c
+from device.runtime import consistency as c
 from shared.errors import InvalidArgumentError
 
 LLM = [10, 20, 30, 40, 50]

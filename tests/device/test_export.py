@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from device import export as ex
-from device.models import build_model
+from device.training import export as ex
+from device.training.models import build_model
 from shared.manifest import read_manifest, verify_artifact
 
 N, T = 30, 10
@@ -120,7 +120,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_artifact(model, tmp_path,
 
 
 def test_artifact_evaluation_matches_eager(model, exported, tiny_dataset):
-    from device.evaluate import evaluate, evaluate_artifact, model_score_fn
+    from device.training.evaluate import evaluate, evaluate_artifact, model_score_fn
     from shared.data.splits import Examples
     from shared.errors import CatalogMismatchError
 

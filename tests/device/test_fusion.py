@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from device.fusion import FusionConfig, ListFusion, fuse, fused_order, sigmoid, srm_order
+from device.runtime.fusion import FusionConfig, ListFusion, fuse, fused_order, sigmoid, srm_order
 from shared.errors import ConfigError, InvalidArgumentError
 
 LLM_SCORES = np.array([-1.0, -2.0, -3.0, -4.0])
@@ -115,7 +115,7 @@ def test_sigmoid_equals_its_formula_bit_for_bit():
 
 
 def test_untrained_items_get_the_mean_of_the_lists_other_srm_scores():
-    from device.fusion import neutral_untrained, untrained_mask
+    from device.runtime.fusion import neutral_untrained, untrained_mask
 
     items = np.array([10, 11, 12, 13])
     logits = np.array([3.0, -50.0, 1.0, 2.0])  # item 11: a score that only says "never trained on"

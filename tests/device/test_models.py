@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from device.models import MODEL_NAMES, build_model
-from device.models.common import make_inputs
+from device.training.models import MODEL_NAMES, build_model
+from device.training.models.common import make_inputs
 from shared.errors import ConfigError, UnknownItemError
 
 N, T = 40, 12

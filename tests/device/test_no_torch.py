@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_MODULES = ["device.runtime", "device.session", "device.policy", "device.fusion", "device.consistency",
-                   "device.cli"] + (["device.client"] if (ROOT / "device" / "client.py").exists() else [])
+RUNTIME_MODULES = ["device.runtime.artifact", "device.runtime.session", "device.runtime.policy", "device.runtime.fusion", "device.runtime.consistency",
+                   "device.runtime.cli"] + (["device.runtime.client"] if (ROOT / "device" / "client.py").exists() else [])
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
@@ -31,9 +31,9 @@ SCRIPT = textwrap.dedent("""
         blocked = True
     for name in {modules!r}:
         importlib.import_module(name)
-    from device.policy import parse_policy
-    from device.runtime import load_reranker
-    from device.session import DeviceSession, SessionConfig
+    from device.runtime.policy import parse_policy
+    from device.runtime.artifact import load_reranker
+    from device.runtime.session import DeviceSession, SessionConfig
     from shared.records import Candidate, CandidateResponse
     reranker = load_reranker({model!r})
     response = CandidateResponse(tuple(Candidate(i, -float(i)) for i in range(1, 13)), "g", 0.0)

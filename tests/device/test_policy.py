@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from device.policy import (Always, Budget, EveryN, Never, PolicyConfig, PolicyState, RandomRate, Threshold,
+from device.runtime.policy import (Always, Budget, EveryN, Never, PolicyConfig, PolicyState, RandomRate, Threshold,
                            build_policy, calibrate_threshold, parse_policy, uniform)
 from shared.errors import ConfigError, InvalidArgumentError
 
@@ -128,7 +128,7 @@ class _EmbeddingReranker:
 
 def _replay(split, generator, reranker, policy, users):
     """Protocol B for `users` (indices into the split): returns (requests, steps, scores seen)."""
-    from device.session import DeviceSession, SessionConfig
+    from device.runtime.session import DeviceSession, SessionConfig
     from shared.records import CandidateResponse
 
     class Source:
@@ -156,7 +156,7 @@ def _replay(split, generator, reranker, policy, users):
 def test_budget_rate_on_ml100k_streams(ml100k_dir, rate):
     from pathlib import Path
 
-    from device.runtime import load_reranker
+    from device.runtime.artifact import load_reranker
     from shared.data.dataset import load_dataset
     from shared.data.splits import stream_split
     from shared.generator import PopularityGenerator

@@ -4,11 +4,11 @@ import math
 import numpy as np
 import pytest
 
-from device import consistency
-from device.fusion import FusionConfig
-from device.policy import Always, Budget, EveryN, Never, RandomRate
-from device.runtime import load_reranker
-from device.session import DeviceSession, SessionConfig
+from device.runtime import consistency
+from device.runtime.fusion import FusionConfig
+from device.runtime.policy import Always, Budget, EveryN, Never, RandomRate
+from device.runtime.artifact import load_reranker
+from device.runtime.session import DeviceSession, SessionConfig
 from shared.errors import ConfigError, InvalidArgumentError, UnavailableError, UnknownItemError
 from shared.records import Candidate, CandidateRequest, CandidateResponse
 from shared.sequences import pad_left
@@ -280,7 +280,7 @@ def test_srm_runtime_error_falls_back_to_llm_order(reranker):
 
 
 def test_model_swapped_by_holder_is_used_from_the_next_event(reranker, onnx_dir_v2, tmp_path):
-    from device.runtime import ModelHolder
+    from device.runtime.artifact import ModelHolder
     from shared.manifest import read_manifest
 
     holder = ModelHolder(reranker, tmp_path / "models")
@@ -315,7 +315,7 @@ def test_model_input_is_the_padded_recent_history_on_every_event(reranker):
 
 
 def test_swapped_model_with_another_history_length_scores_like_a_fresh_session(reranker, tmp_path):
-    from device.runtime import ModelHolder
+    from device.runtime.artifact import ModelHolder
     from shared.manifest import read_manifest
 
     short = write_artifact(tmp_path / "short", history_length=5, seed=1, version="v5")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from device.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from device.training.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from shared.data.splits import loo_split, stream_split
 from shared.errors import CatalogMismatchError, ConfigError, InvalidArgumentError, UnknownItemError
 from tests.conftest import synthetic_dataset
@@ -31,8 +31,8 @@ def trained(data, tmp_path_factory):
 
 
 def test_training_learns_the_ring_walk(trained, data):
-    from device.evaluate import evaluate, model_score_fn
-    from device.models import build_model
+    from device.training.evaluate import evaluate, model_score_fn
+    from device.training.models import build_model
 
     _, model, ckpt, split = trained
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def test_history_bias_learns_that_the_ring_walk_does_not_repeat(data, loss):
 
 def biased_sasrec(num_items: int):
     """A tiny SASRec (seeded weights, eval mode) whose history bias is non-zero, for loss equivalences."""
-    from device.models import build_model
+    from device.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model("sasrec", {**TINY, "history_bias": True, "num_items": num_items}).eval()
@@ -93,7 +93,7 @@ def test_listwise_loss_scores_as_the_model_does(data):
     (history bias included) and like `score_all` for its full-catalogue term."""
     import torch.nn.functional as F
 
-    from device.coop import listwise_loss
+    from device.training.coop import listwise_loss
 
     model = biased_sasrec(data.num_items)
     history = torch.randint(1, data.num_items + 1, (4, 12))
@@ -114,7 +114,7 @@ def test_listwise_loss_scores_as_the_model_does(data):
 
 
 def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
-    from device.finetune import finetune
+    from device.training.finetune import finetune
 
     out, model, ckpt, split = trained
     fresh = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([10, 11, 12, 13])]
@@ -139,7 +139,7 @@ def test_finetune_warm_starts_and_versions(trained, data, tmp_path):
 
 
 def test_fresh_only_targets():
-    from device.train import _windows
+    from device.training.train import _windows
 
     x, y = _windows([np.array([1, 2, 3, 4, 5])], 8, np.random.default_rng(0), first_target=[3])
     assert x[0].tolist()[-4:] == [1, 2, 3, 4] and y[0].tolist()[-4:] == [0, 0, 4, 5]
@@ -147,7 +147,7 @@ def test_fresh_only_targets():
 
 def test_windows_carry_each_targets_candidate_list():
     """Every window position gets the list of its own target (lists[i][p] belongs to target seq[p + 1])."""
-    from device.train import _windows
+    from device.training.train import _windows
 
     seqs = [np.arange(1, 31), np.arange(40, 47)]
     lists = [np.stack([[seq[p + 1] + 100, seq[p + 1] + 200] for p in range(len(seq) - 1)]) for seq in seqs]
@@ -163,8 +163,8 @@ def test_windows_carry_each_targets_candidate_list():
 def test_list_training_at_every_position_matches_the_listwise_loss(data):
     """batch_loss with lists (cooperative training from the start) scores a position's list exactly as
     coop.listwise_loss scores that history's list, full-catalogue term included."""
-    from device.coop import listwise_loss
-    from device.train import ListLoss, batch_loss
+    from device.training.coop import listwise_loss
+    from device.training.train import ListLoss, batch_loss
 
     model = biased_sasrec(data.num_items)
     history = torch.randint(1, data.num_items + 1, (4, 12))
@@ -199,7 +199,7 @@ class CountingGenerator:
 
 
 def test_candidate_lists_are_valid_and_cached(data, tmp_path):
-    from device.coop import candidate_lists
+    from device.training.coop import candidate_lists
     from shared.generator import PopularityGenerator
 
     gen = CountingGenerator(PopularityGenerator.from_sequences(data.sequences(), data.num_items))
@@ -215,7 +215,7 @@ def test_candidate_lists_are_valid_and_cached(data, tmp_path):
 def test_cooperative_training_improves_list_ranking(trained, data, tmp_path):
     import copy
 
-    from device.coop import CoopConfig, coop_train, protocol_b_lists, protocol_b_rerank
+    from device.training.coop import CoopConfig, coop_train, protocol_b_lists, protocol_b_rerank
     from shared.generator import PopularityGenerator
 
     _, model, ckpt, split = trained
@@ -238,7 +238,7 @@ def test_cli_train_eval_export(tmp_path, capsys):
     data = synthetic_dataset(num_users=30, num_items=40, min_len=16, max_len=22)
     write_dataset(data, tmp_path / "data")
     rc = main(["train", "srm", "--data", str(tmp_path / "data"), "--model", "gru4rec", "--out",
-               str(tmp_path / "run"), "--config", "configs/srm/tiny.toml", "--set", "train.epochs=1", "--json"])
+               str(tmp_path / "run"), "--config", "device/training/presets/tiny.toml", "--set", "train.epochs=1", "--json"])
     assert rc == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["protocol"] == "stream" and "valid_ndcg@10" in trained
@@ -253,7 +253,7 @@ def test_cli_train_eval_export(tmp_path, capsys):
     from_artifact = json.loads(capsys.readouterr().out)
     assert rc == 0 and from_artifact["ndcg@10"] == pytest.approx(figures["ndcg@10"], abs=1e-9)
     # the items no training sequence held travel from the checkpoint into the manifest a device reads
-    from device.train import load_checkpoint, untrained_items
+    from device.training.train import load_checkpoint, untrained_items
     from shared.data.splits import stream_split
     from shared.manifest import read_manifest
 
@@ -266,15 +266,15 @@ def test_cli_train_eval_export(tmp_path, capsys):
 def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypatch, capsys, from_scratch):
     """`train srm --coop --resume CKPT`: fine-tunes the base's weights, or with coop.from_scratch=true trains
     the same architecture from fresh (seeded) weights."""
-    from device import coop
-    from device.models import build_model
+    from device.training import coop
+    from device.training.models import build_model
     from shared.data.dataset import write_dataset
     from simulator.cli import main
 
     data = synthetic_dataset(num_users=30, num_items=40, min_len=16, max_len=22)
     write_dataset(data, tmp_path / "data")
     assert main(["train", "srm", "--data", str(tmp_path / "data"), "--model", "sasrec", "--out", str(tmp_path / "base"),
-                 "--config", "configs/srm/tiny.toml", "--set", "train.epochs=1", "--json"]) == 0
+                 "--config", "device/training/presets/tiny.toml", "--set", "train.epochs=1", "--json"]) == 0
     capsys.readouterr()
     base, base_ckpt = load_checkpoint(tmp_path / "base" / "srm.pt", data.vocab_hash)
     started: list = []
@@ -283,8 +283,8 @@ def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypat
         started.append({n: t.detach().clone() for n, t in model.state_dict().items()})
         return model
 
-    if from_scratch:  # SASRec: device.train.train builds the fresh model (coop.coop_from_scratch)
-        from device import train as train_module
+    if from_scratch:  # SASRec: device.training.train.train builds the fresh model (coop.coop_from_scratch)
+        from device.training import train as train_module
 
         build = train_module.build_model
         monkeypatch.setattr(train_module, "build_model", lambda *a, **k: snapshot(build(*a, **k)))
@@ -305,7 +305,7 @@ def test_coop_cli_starts_from_the_base_or_from_fresh_weights(tmp_path, monkeypat
     assert "valid_list_ndcg@10" in coop_ckpt["metrics"] and coop_ckpt["coop_config"]["from_scratch"] == from_scratch
 
 
-PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "srm").glob("*.toml"))
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "device" / "training" / "presets").glob("*.toml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -314,9 +314,9 @@ def test_every_srm_preset_loads(preset):
     import argparse
     import tomllib
 
-    from device.coop import CoopConfig
-    from device.models import MODEL_NAMES, build_model
-    from device.train_cli import _load_configs
+    from device.training.coop import CoopConfig
+    from device.training.models import MODEL_NAMES, build_model
+    from device.training.cli import _load_configs
     from shared.config import load_config
 
     tables = tomllib.loads(preset.read_text())

@@ -15,6 +15,6 @@ def good_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reranker(good_model):
-    from device.runtime import load_reranker
+    from device.runtime.artifact import load_reranker
 
     return load_reranker(good_model, vocab_hash=VOCAB_HASH)

@@ -91,7 +91,7 @@ def summarize(rows: list[dict]) -> dict[str, int]:
 
 
 def _child(good_folder: Path, spec: Path, root: Path) -> int:
-    from device.runtime import ModelHolder, load_reranker
+    from device.runtime.artifact import ModelHolder, load_reranker
     from shared.errors import LSC4RecError
     from shared.manifest import manifest_from_dict, read_manifest
     from shared.records import ModelFormat

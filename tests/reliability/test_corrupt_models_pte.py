@@ -1,7 +1,7 @@
 """Corrupted ExecuTorch (.pte) models: each is rejected at load, the last good model is kept, no crash.
 
 The same guarantees as test_corrupt_models.py (ONNX), for a tiny SASRec exported once per module
-with device.export.export_one. Every artifact is offered to a ModelHolder in a child process
+with device.training.export.export_one. Every artifact is offered to a ModelHolder in a child process
 (tests.reliability.mutants): the ExecuTorch runtime is native code that may abort on a broken
 program, so the parent only reads the child's verdicts and exit code.
 """
@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from device.runtime import GOLDEN_TOLERANCE
+from device.runtime.artifact import GOLDEN_TOLERANCE
 from shared.manifest import manifest_to_dict, read_manifest
 from tests.reliability.mutants import ChildResult, run_child, summarize, write_cases
 
@@ -34,7 +34,7 @@ def sasrec():
     """The tiny SASRec (torch and executorch are imported here, not when the suite is collected)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("executorch.runtime")
-    from device.models import build_model
+    from device.training.models import build_model
 
     torch.manual_seed(0)
     return build_model("sasrec", CONFIG).eval()
@@ -43,7 +43,7 @@ def sasrec():
 @pytest.fixture(scope="module")
 def good_pte(sasrec, tmp_path_factory):
     """The good artifact folder (model.pte + manifest.json with its golden example)."""
-    from device.export import ExportConfig, export_one
+    from device.training.export import ExportConfig, export_one
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,11 +52,11 @@ def good_pte(sasrec, tmp_path_factory):
 
 
 def _other_program(path, history_dtype: str = "int64") -> bytes:
-    """A valid .pte written by device.export.write_pte with the device contract but another model
+    """A valid .pte written by device.training.export.write_pte with the device contract but another model
     (summed history embedding dotted with candidates), optionally taking an int32 history."""
     import torch
 
-    from device.export import ExportConfig, ScoringWrapper, example_inputs, write_pte
+    from device.training.export import ExportConfig, ScoringWrapper, example_inputs, write_pte
 
     class Dot(torch.nn.Module):
         def __init__(self):

@@ -20,9 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.server import ServerConfig, create_server
-from device.client import ClientConfig, CloudClient
-from device.policy import Always
-from device.session import DeviceSession, SessionConfig
+from device.runtime.client import ClientConfig, CloudClient
+from device.runtime.policy import Always
+from device.runtime.session import DeviceSession, SessionConfig
 from shared.errors import LSC4RecError
 from shared.records import CandidateRequest
 from shared.rpc import lsc4rec_pb2 as pb

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cloud.server import ServerConfig, create_server
-from device.client import ClientConfig, CloudClient, CloudError, CloudUnavailableError
-from device.runtime import ModelHolder, load_reranker
+from device.runtime.client import ClientConfig, CloudClient, CloudError, CloudUnavailableError
+from device.runtime.artifact import ModelHolder, load_reranker
 from shared.errors import ChecksumError, LSC4RecError
 from shared.manifest import read_manifest
 from shared.records import CandidateRequest

@@ -7,7 +7,7 @@ import pytest
 
 from dataclasses import dataclass
 
-from device.consistency import catalogue_regret
+from device.runtime.consistency import catalogue_regret
 from shared.sequences import pad_left
 from simulator.config import load_sim_config
 from simulator.device_adapter import PolicySpec

@@ -71,7 +71,7 @@ def test_ray_backend_without_ray_is_a_clear_error(tiny_dir, tmp_path):
 
 
 def test_fusion_norms_reach_the_device_fusion_and_the_report():
-    from device.fusion import FusionConfig
+    from device.runtime.fusion import FusionConfig
     from simulator.device_adapter import fusion_config
     from simulator.report import _fusion_text
 

@@ -6,7 +6,7 @@ def build_model(name: str, config: dict):
     """Build a model from its name and a dict of its config fields (as stored in a checkpoint)."""
     from shared.config import from_dict
     from shared.errors import ConfigError
-    from device.models.common import registry
+    from device.training.models.common import registry
 
     models = registry()
     if name not in models:

@@ -1,7 +1,7 @@
 """DeviceSession: one user's real-time history, cached cloud candidates, SRM re-ranking, fusion and request policy.
 
 Synchronous use (the CLI, a phone): give the session a candidate `source` (an object with
-`get_candidates(CandidateRequest) -> CandidateResponse`, e.g. device.client.CloudClient) and call
+`get_candidates(CandidateRequest) -> CandidateResponse`, e.g. device.runtime.client.CloudClient) and call
 `on_event(item)`; when the policy asks for a fresh list (and no back-off is running) the session
 calls the source itself and returns the slate built from the new list.
 
@@ -32,10 +32,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from device import consistency
-from device.fusion import FusionConfig, ListFusion, neutral_untrained, srm_order, untrained_mask
-from device.policy import Decision, Policy, PolicyState
-from device.runtime import Reranker
+from device.runtime import consistency
+from device.runtime.fusion import FusionConfig, ListFusion, neutral_untrained, srm_order, untrained_mask
+from device.runtime.policy import Decision, Policy, PolicyState
+from device.runtime.artifact import Reranker
 from shared.config import check
 from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
 from shared.records import CandidateRequest, CandidateResponse
@@ -54,7 +54,7 @@ class SessionConfig:
     user_id: str = "user"
     slate_size: int = 10  # K
     num_candidates: int = 50  # N asked from the cloud (the list length L of the fusion rule)
-    measure: str = "lsc4rec"  # consistency measure: device.consistency.MEASURES or CATALOGUE_MEASURES
+    measure: str = "lsc4rec"  # consistency measure: device.runtime.consistency.MEASURES or CATALOGUE_MEASURES
     overlap_k: int = 10  # k of the "overlap" measure
     max_request_history: int = 200  # most recent items sent with a request
     backoff_initial_ms: float = 1000.0

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from device.evaluate import evaluate, model_score_fn
-from device.models import build_model
-from device.models.common import dot_scores
+from device.training.evaluate import evaluate, model_score_fn
+from device.training.models import build_model
+from device.training.models.common import dot_scores
 from shared.config import check, from_dict, to_dict
 from shared.data.splits import Examples, TrainSplit
 from shared.errors import CatalogMismatchError, ConfigError
@@ -53,7 +53,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ListLoss:
-    """How cooperative training scores a candidate list (device.coop): softmax CE over [target + list]."""
+    """How cooperative training scores a candidate list (device.training.coop): softmax CE over [target + list]."""
 
     ce_weight: float = 1.0  # weight of the full-catalogue CE added beside the listwise loss
     # True: only positions whose target is in the list count (the serving case: the device re-ranks the list, and
@@ -63,7 +63,7 @@ class ListLoss:
 
 @dataclass(frozen=True)
 class ListTraining:
-    """Cooperative training from the start on every position (device.coop): the candidate list of each training
+    """Cooperative training from the start on every position (device.training.coop): the candidate list of each training
     target, the loss over them, and the validation that picks the epoch. `train` runs independent training as
     the case without lists."""
 
@@ -234,7 +234,7 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
     `cold` ({"cold_seed", "cold_fraction"}) records protocol C's draw the split was made with (make_checkpoint).
 
     With `coop`, every position also learns to pick its target out of its candidate list, and the epoch is
-    chosen on `coop.validate` (device.coop: the validation lists) instead of the full-catalogue NDCG@10.
+    chosen on `coop.validate` (device.training.coop: the validation lists) instead of the full-catalogue NDCG@10.
     """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)

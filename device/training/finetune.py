@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from device.train import (CHECKPOINT_NAME, TrainConfig, load_checkpoint, make_checkpoint, run_epoch,
+from device.training.train import (CHECKPOINT_NAME, TrainConfig, load_checkpoint, make_checkpoint, run_epoch,
                           save_checkpoint, train_config_from, training_arrays, validate)
 from shared.data.splits import Examples
 from shared.errors import DataFormatError, InvalidArgumentError

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from device.models.common import HistoryBias, SequentialRecommender
+from device.training.models.common import HistoryBias, SequentialRecommender
 from shared.config import check
 
 
 @dataclass(frozen=True)
 class DINConfig:
-    """Architecture only; training settings live in device.train.TrainConfig."""
+    """Architecture only; training settings live in device.training.train.TrainConfig."""
 
     num_items: int = 1  # N; ids are 1..N, 0 = padding
     max_len: int = 50  # T

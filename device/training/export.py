@@ -194,7 +194,7 @@ def onnx_runner(path: Path, threads: int = 1):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as device.runtime
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as device.runtime.artifact
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda h, c: session.run(["scores"], {"history": np.ascontiguousarray(h),
                                                  "candidates": np.ascontiguousarray(c)})[0]
@@ -315,7 +315,7 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
 def export_checkpoint(ckpt_path: str | Path, formats: tuple[str, ...], out_dir: str | Path,
                       config: ExportConfig | None = None) -> dict[str, Path]:
     """Export a checkpoint to each format; the manifest carries the checkpoint's validation metrics."""
-    from device.train import load_checkpoint
+    from device.training.train import load_checkpoint
 
     model, ckpt = load_checkpoint(ckpt_path)
     metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float))}

@@ -63,7 +63,7 @@ def evaluate_artifact(folder: str | Path, examples: Examples, vocab_hash: str, k
     if manifest.format == ModelFormat.ONNX:
         score_fn = onnx_score_fn(path, manifest.num_items)
     elif manifest.format == ModelFormat.PTE:
-        from device.export import pte_score_fn
+        from device.training.export import pte_score_fn
 
         score_fn = pte_score_fn(path, manifest.num_items, chunk=int(manifest.metrics.get("max_candidates", 256)))
     else:  # pragma: no cover - ModelFormat has two members

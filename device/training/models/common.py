@@ -111,8 +111,8 @@ def make_inputs(histories: Sequence[Sequence[int]], candidates: Sequence[Sequenc
 
 def registry() -> dict[str, tuple[type, type]]:
     """Model name -> (module class, config class); imported lazily."""
-    from device.models.din import DIN, DINConfig
-    from device.models.gru4rec import GRU4Rec, GRU4RecConfig
-    from device.models.sasrec import SASRec, SASRecConfig
+    from device.training.models.din import DIN, DINConfig
+    from device.training.models.gru4rec import GRU4Rec, GRU4RecConfig
+    from device.training.models.sasrec import SASRec, SASRecConfig
 
     return {"sasrec": (SASRec, SASRecConfig), "gru4rec": (GRU4Rec, GRU4RecConfig), "din": (DIN, DINConfig)}

@@ -322,7 +322,7 @@ class ModelHolder:
             return UpdateResult("updated", manifest.version)
 
     def update_from_cloud(self, client, download_root: str | Path | None = None) -> UpdateResult:
-        """Same as check_for_update through a device.client.CloudClient (`latest_manifest`, `download`).
+        """Same as check_for_update through a device.runtime.client.CloudClient (`latest_manifest`, `download`).
 
         The client writes a verified folder; it is loaded with `load_reranker` (graph, vocab hash)
         before the swap, and deleted when it fails.

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from device.models import build_model
-from device.models.common import dot_scores
-from device.train import (ListLoss, ListTraining, TrainConfig, list_cross_entropy, load_checkpoint, make_checkpoint,
+from device.training.models import build_model
+from device.training.models.common import dot_scores
+from device.training.train import (ListLoss, ListTraining, TrainConfig, list_cross_entropy, load_checkpoint, make_checkpoint,
                           save_checkpoint, train, train_config_from, untrained_items)
 from shared.config import check
 from shared.data.splits import Examples, StreamSplit, TrainSplit
@@ -38,7 +38,7 @@ class CoopConfig:
     batch_size: int = 128
     lr: float = 5e-4
     ce_weight: float = 0.5  # weight of the full-catalogue CE kept beside the listwise loss
-    listed_only: bool = False  # the listwise loss only where the target is in the list (device.train.ListLoss)
+    listed_only: bool = False  # the listwise loss only where the target is in the list (device.training.train.ListLoss)
     from_scratch: bool = False  # True: train the base's architecture from fresh weights, not fine-tune the base
     patience: int = 3
     seed: int = 0
@@ -272,13 +272,14 @@ def make_generator(spec: str, dataset, split: TrainSplit | None = None):
 
 
 def _coop_config(args) -> CoopConfig:
-    from shared.config import load_config
+    from device.training import PRESETS
+    from shared.config import load_config, resolve_preset
 
-    path = args.coop_config or Path(__file__).resolve().parent.parent / "configs" / "srm" / "coop.toml"
+    path = resolve_preset(PRESETS, args.coop_config or "coop", "--coop-config")
     overrides = [o[len("coop."):] for o in args.overrides if o.startswith("coop.")]
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    return load_config(CoopConfig, path if path.is_file() else None, overrides, section="coop")
+    return load_config(CoopConfig, path, overrides, section="coop")
 
 
 def coop_main(args, dataset) -> int:
@@ -296,8 +297,8 @@ def coop_main(args, dataset) -> int:
     if args.resume is not None:
         base, parent = load_checkpoint(args.resume, dataset.vocab_hash)
     else:
-        from device.train import train
-        from device.train_cli import _load_configs
+        from device.training.train import train
+        from device.training.cli import _load_configs
 
         args.overrides = [o for o in args.overrides if not o.startswith("coop.")]
         model_dict, train_cfg = _load_configs(args, args.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from device.training import PRESETS
 from shared.cli import add_cold_flags, add_json_flag, handler
 
 MODELS = ("sasrec", "gru4rec", "din")
@@ -24,7 +25,7 @@ def _register_train(sub) -> None:
     p.add_argument("--model", choices=MODELS, default="sasrec", help="architecture (default sasrec)")
     p.add_argument("--out", type=Path, required=True, help="output folder; the checkpoint is OUT/srm.pt")
     p.add_argument("--config", type=Path, default=None,
-                   help="TOML preset with [model] and [train] tables (default configs/srm/<model>.toml)")
+                   help="TOML preset with [model] and [train] tables (default device/training/presets/<model>.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.epochs=5 --set model.hidden=32 (repeatable)")
     p.add_argument("--protocol", choices=("stream", "loo", "cold", "cold-stream"), default="stream",
@@ -40,9 +41,9 @@ def _register_train(sub) -> None:
                    help="cooperative training: fine-tune --resume (or a fresh independent run) on candidate lists")
     p.add_argument("--generator", default="popularity",
                    help="candidate generator for --coop: 'popularity' or 'llm:FOLDER' (a `train llm` output)")
-    p.add_argument("--coop-config", type=Path, default=None, help="TOML with a [coop] table (default configs/srm/coop.toml)")
+    p.add_argument("--coop-config", type=Path, default=None, help="TOML with a [coop] table (default device/training/presets/coop.toml)")
     add_json_flag(p)
-    p.set_defaults(func=handler("device.train_cli", "train_main"))
+    p.set_defaults(func=handler("device.training.cli", "train_main"))
 
 
 def _register_eval(sub) -> None:
@@ -68,7 +69,7 @@ def _register_eval(sub) -> None:
     p.add_argument("--rerank", default=None,
                    help="re-rank candidate lists from 'popularity' or 'llm:FOLDER' on protocol B (needs --ckpt)")
     add_json_flag(p)
-    p.set_defaults(func=handler("device.train_cli", "eval_main"))
+    p.set_defaults(func=handler("device.training.cli", "eval_main"))
 
 
 def _register_export(sub) -> None:
@@ -80,16 +81,17 @@ def _register_export(sub) -> None:
     p.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX model")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_json_flag(p)
-    p.set_defaults(func=handler("device.train_cli", "export_main"))
+    p.set_defaults(func=handler("device.training.cli", "export_main"))
 
 
 def _load_configs(args, model_name: str):
-    from shared.config import from_dict, load_config
-    from device.models.common import registry
-    from device.train import TrainConfig
+    from shared.config import from_dict, load_config, resolve_preset
+    from device.training.models.common import registry
+    from device.training.train import TrainConfig
 
-    path = args.config or Path(__file__).resolve().parent.parent / "configs" / "srm" / f"{model_name}.toml"
-    path = path if path.is_file() else None
+    # An explicit --config must exist; a model without a shipped preset trains on its code defaults.
+    default = PRESETS / f"{model_name}.toml"
+    path = resolve_preset(PRESETS, args.config, "--config") if args.config else (default if default.is_file() else None)
     model_over = [o[len("model."):] for o in args.overrides if o.startswith("model.")]
     train_over = [o[len("train."):] for o in args.overrides if o.startswith("train.")]
     bad = [o for o in args.overrides if not o.startswith(("model.", "train."))]
@@ -130,9 +132,9 @@ def train_main(args: argparse.Namespace) -> int:
     if args.fresh is not None:
         return _finetune_main(args, dataset)
     if args.coop:
-        from device.coop import coop_main
+        from device.training.coop import coop_main
         return coop_main(args, dataset)
-    from device.train import train
+    from device.training.train import train
 
     model_dict, train_cfg = _load_configs(args, args.model)
     split, cold = _split(dataset, args)
@@ -146,7 +148,7 @@ def train_main(args: argparse.Namespace) -> int:
 def _finetune_main(args, dataset) -> int:
     from shared.cli import emit
     from shared.errors import ConfigError
-    from device.finetune import finetune, read_fresh_events
+    from device.training.finetune import finetune, read_fresh_events
 
     if args.resume is None:
         raise ConfigError("--resume", None, "adaptive re-training (--fresh) needs the checkpoint to start from")
@@ -161,14 +163,14 @@ def eval_main(args: argparse.Namespace) -> int:
     from shared.cli import emit
     from shared.data.dataset import load_dataset
     from shared.data.splits import Examples, loo_split, stream_split
-    from device.evaluate import evaluate, evaluate_artifact, model_score_fn
+    from device.training.evaluate import evaluate, evaluate_artifact, model_score_fn
 
     dataset = load_dataset(args.data)
     if args.rerank and args.protocol in ("cold", "cold-stream"):
         from shared.errors import ConfigError
         raise ConfigError("protocol", args.protocol, "--rerank replays protocol B; it has no cold slices")
     if args.rerank:
-        from device.coop import rerank_main
+        from device.training.coop import rerank_main
         return rerank_main(args, dataset)
     if args.protocol in ("cold", "cold-stream") or (args.protocol == "loo" and args.per_example is not None):
         return _cold_eval_main(args, dataset)
@@ -183,7 +185,7 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.artifact is not None:
         figures = evaluate_artifact(args.artifact, examples, dataset.vocab_hash)
     else:
-        from device.train import load_checkpoint
+        from device.training.train import load_checkpoint
 
         model, ckpt = load_checkpoint(args.ckpt, dataset.vocab_hash)
         figures = evaluate(model_score_fn(model), examples, model.max_len)
@@ -198,8 +200,8 @@ def _cold_eval_main(args, dataset) -> int:
     from shared.cli import emit
     from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
     from shared.errors import ConfigError
-    from device.evaluate import model_score_fn, rank_examples
-    from device.train import load_checkpoint
+    from device.training.evaluate import model_score_fn, rank_examples
+    from device.training.train import load_checkpoint
 
     if args.ckpt is None:
         raise ConfigError("--artifact", str(args.artifact), "protocol C needs --ckpt (it records the cold draw)")
@@ -215,7 +217,7 @@ def _cold_eval_main(args, dataset) -> int:
 
 def export_main(args: argparse.Namespace) -> int:
     from shared.cli import emit
-    from device.export import export_checkpoint
+    from device.training.export import export_checkpoint
 
     formats = {"onnx": ["onnx"], "pte": ["pte"], "all": ["onnx", "pte"]}[args.format]
     if args.int8 and "onnx" in formats:

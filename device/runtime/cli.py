@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.consistency import ALL_MEASURES
-from device.fusion import LLM_NORMS, SRM_NORMS
+from device.runtime.consistency import ALL_MEASURES
+from device.runtime.fusion import LLM_NORMS, SRM_NORMS
 from shared.cli import add_json_flag, emit, handler
 from shared.errors import DataFormatError
 
@@ -59,7 +59,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                      help="where downloaded model versions go (default: <model>/../updates)")
     run.add_argument("--seed", type=int, default=0, help="seed of random policies (default 0)")
     add_json_flag(run)
-    run.set_defaults(func=handler("device.cli", "run_main"))
+    run.set_defaults(func=handler("device.runtime.cli", "run_main"))
 
     bench = groups["device"].add_parser(
         "bench", help="per-event latency of re-rank + fusion + consistency + policy, and process memory",
@@ -74,7 +74,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     bench.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,
                        help="consistency measure timed with each event (regret scores the whole catalogue)")
     add_json_flag(bench)
-    bench.set_defaults(func=handler("device.cli", "bench_main"))
+    bench.set_defaults(func=handler("device.runtime.cli", "bench_main"))
 
 
 def read_events(path: Path) -> list[int]:
@@ -96,11 +96,11 @@ def read_events(path: Path) -> list[int]:
 
 
 def run_main(args: argparse.Namespace) -> int:
-    from device.client import ClientConfig, CloudClient
-    from device.fusion import FusionConfig
-    from device.policy import parse_policy
-    from device.runtime import ModelHolder, load_reranker
-    from device.session import DeviceSession, SessionConfig
+    from device.runtime.client import ClientConfig, CloudClient
+    from device.runtime.fusion import FusionConfig
+    from device.runtime.policy import parse_policy
+    from device.runtime.artifact import ModelHolder, load_reranker
+    from device.runtime.session import DeviceSession, SessionConfig
 
     events = read_events(args.events)
     holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
@@ -154,8 +154,8 @@ def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, his
     "overhead": the same with a free stand-in SRM (what the session adds); "srm": the model alone.
     A new user session starts every 400 events (histories of 100..500 items).
     """
-    from device.policy import parse_policy
-    from device.runtime import load_reranker
+    from device.runtime.policy import parse_policy
+    from device.runtime.artifact import load_reranker
 
     reranker = load_reranker(model)
     if reranker.manifest.num_items < 2 * num_candidates + history + 400:
@@ -202,7 +202,7 @@ def _time_events(reranker, policy, events: int, num_candidates: int, history: in
     onnxruntime with one intra-op thread runs in the calling thread, so the CPU time is the work itself,
     free of the time the process spent descheduled on a busy machine.
     """
-    from device.session import DeviceSession, SessionConfig
+    from device.runtime.session import DeviceSession, SessionConfig
     from shared.records import Candidate, CandidateResponse
 
     rng = np.random.default_rng(seed)

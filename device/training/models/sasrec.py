@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from device.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
+from device.training.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
 from shared.config import check
 
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    """Architecture only; training settings live in device.train.TrainConfig."""
+    """Architecture only; training settings live in device.training.train.TrainConfig."""
 
     num_items: int = 1  # N; ids are 1..N, 0 = padding
     max_len: int = 50  # T: histories are left-padded / truncated to this length
@@ -53,7 +53,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (z.reshape(batch, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         # softmax(q k^T / sqrt(d/H) masked) v, with dropout on the weights; one fused op in eager torch and
         # one Attention node in ONNX opset 23 (fewer, faster nodes than the spelled-out form; its head reshapes are
-        # rewritten away at export, device.export.AttentionOnHiddenStates).
+        # rewritten away at export, device.training.export.AttentionOnHiddenStates).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, Q, d/H)
         return self.proj(y.transpose(1, 2).reshape(batch * queries, d))
