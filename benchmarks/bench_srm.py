@@ -13,8 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.common import best_round_p50_us, emit, percentiles_us, time_interleaved
 
 REPEAT = int(os.environ.get("LSC4REC_BENCH_REPEAT", "1000"))
@@ -23,8 +21,8 @@ REPEAT = int(os.environ.get("LSC4REC_BENCH_REPEAT", "1000"))
 def _model():
     import torch
 
+    from device.training.artifacts import load_checkpoint
     from device.training.models import build_model
-    from device.training.train import load_checkpoint
 
     path = Path(os.environ.get("LSC4REC_SRM_CKPT", "runs/srm-sasrec/srm.pt"))
     if path.is_file():
@@ -59,6 +57,7 @@ def main() -> None:
     import torch
 
     from device.training import export as ex
+    from device.training.artifacts import onnx_runner, pte_runner
 
     torch.set_num_threads(1)
     model, name, vocab_hash, source = _model()
@@ -67,9 +66,10 @@ def main() -> None:
         for fmt, folder in folders.items():
             file = next(p for p in folder.iterdir() if p.name.startswith("model."))
             emit("srm_file_size", variant=fmt, bytes=file.stat().st_size, model=name, source=source)
-        runners = {"torch-eager": None, "onnx-fp32": ex.onnx_runner(folders["onnx"] / "model.onnx", threads=1),
-                   "onnx-int8": ex.onnx_runner(folders["onnx-int8"] / "model.onnx", threads=1),
-                   "executorch-xnnpack": ex.pte_runner(folders["pte"] / "model.pte")}
+        # onnxruntime in the device's session (device.runtime.artifact.ort_session)
+        runners = {"torch-eager": None, "onnx-fp32": onnx_runner(folders["onnx"] / "model.onnx", threads=1),
+                   "onnx-int8": onnx_runner(folders["onnx-int8"] / "model.onnx", threads=1),
+                   "executorch-xnnpack": pte_runner(folders["pte"] / "model.pte")}
         for num in (50, 100):
             h, c = ex.example_inputs(model.num_items, model.max_len, batch=1, num_candidates=num, seed=1)
             hn, cn = h.numpy(), c.numpy()

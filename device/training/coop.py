@@ -6,9 +6,9 @@ the generator's version, the list length and the histories themselves.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from device.training.artifacts import CHECKPOINT_NAME, make_checkpoint, save_checkpoint
 from device.training.models import build_model
 from device.training.models.common import dot_scores
-from device.training.train import (ListLoss, ListTraining, TrainConfig, list_cross_entropy, load_checkpoint, make_checkpoint,
-                          save_checkpoint, train, train_config_from, untrained_items)
-from shared.config import check
+from device.training.train import (Epoch, ListLoss, ListTraining, Selection, TrainConfig, even_batches, fit,
+                                   list_cross_entropy, seed_everything, train, train_config_from, untrained_items)
+from shared.config import check, to_dict
 from shared.data.splits import Examples, StreamSplit, TrainSplit
 from shared.metrics import summarize
 from shared.sequences import pad_left
@@ -130,12 +131,6 @@ def rerank_ranks(model, histories, targets: np.ndarray, lists: np.ndarray) -> np
     return ranks
 
 
-def list_order_ranks(targets: np.ndarray, lists: np.ndarray) -> np.ndarray:
-    """The generator's own order (baseline 'LLM only')."""
-    hit = lists == targets[:, None]
-    return np.where(hit.any(1), hit.argmax(1), -1)
-
-
 def list_figures(model, valid: Examples, valid_lists: np.ndarray) -> dict:
     """Validation NDCG@10 over the candidate lists: what cooperative training selects its epoch on."""
     ranks = rerank_ranks(model, valid.histories, valid.targets, valid_lists)
@@ -174,64 +169,60 @@ def coop_from_scratch(model_name: str, parent: dict, split: TrainSplit, generato
 
 def _finish(ckpt: dict, config: CoopConfig, generator, out: str | Path | None, parent: str | None) -> dict:
     """The cooperative checkpoint's lineage (parent, generator, coop config), written to `out/srm.pt`."""
-    from shared.config import to_dict
-
     ckpt.update(parent=parent, coop_config=to_dict(config), generator_version=generator.version)
     if out is not None:
-        save_checkpoint(ckpt, Path(out) / "srm.pt")
+        save_checkpoint(ckpt, Path(out) / CHECKPOINT_NAME)
     return ckpt
+
+
+# What a cooperative fine-tuning checkpoint records as its training config: full CE with the defaults, which a
+# later fine-tuning on fresh events starts from (train_config_from); the cooperative settings are its coop_config.
+RECORDED_TRAIN_CONFIG = TrainConfig(loss="ce")
 
 
 def coop_train(model, model_name: str, split: TrainSplit, generator, config: CoopConfig, vocab_hash: str,
                cache_dir: str | Path | None, out: str | Path | None = None, parent: str | None = None,
                progress: bool = True):
-    """Fine-tune `model` in place with the listwise loss (+ ce_weight x full CE); early stopping on the
-    validation NDCG@10 over the lists. Returns (model, checkpoint dict)."""
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
+    """Fine-tune `model` in place with the listwise loss (+ ce_weight x full CE) on one list per training history
+    (the `histories_per_user` most recent of each user); early stopping on the validation NDCG@10 over the lists,
+    the starting weights competing. Works for every model (DIN too). Returns (model, checkpoint dict)."""
+    rng, _ = seed_everything(config.seed, config.threads)
     train_ex = training_examples(split, config.histories_per_user)
     train_lists = candidate_lists(generator, train_ex.histories, config.num_candidates, config.lag, cache_dir,
                                   config.generate_batch)
     valid_lists = _valid_lists(generator, split, config, cache_dir)
-    hist = pad_left(train_ex.histories, model.max_len)
+    arrays = (pad_left(train_ex.histories, model.max_len), train_ex.targets, train_lists)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    ce_config = TrainConfig(loss="ce")
+    loop = TrainConfig(loss="ce", epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                       patience=config.patience, seed=config.seed, threads=config.threads)  # grad_clip: the default
 
-    def score() -> dict:
-        return list_figures(model, split.valid, valid_lists)
+    def loss(model, history: torch.Tensor, target: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        return listwise_loss(model, history, target, cands, config.ce_weight, config.listed_only)
 
-    best_fig = score()
-    # The starting weights compete too: if no epoch beats them, the result is the model we started from.
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best, stale, history = best_fig["valid_list_ndcg@10"], 0, [{"epoch": 0, **best_fig}]
-    bar = tqdm(range(1, config.epochs + 1), desc="coop epochs", file=sys.stderr, disable=not progress)
-    for epoch in bar:
-        model.train()
-        for idx in np.array_split(rng.permutation(len(hist)), max(1, len(hist) // config.batch_size)):
-            h = torch.from_numpy(hist[idx])
-            t = torch.from_numpy(train_ex.targets[idx])
-            loss = listwise_loss(model, h, t, torch.from_numpy(train_lists[idx]), config.ce_weight,
-                                 config.listed_only)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-        fig = score()
-        history.append({"epoch": epoch, **fig})
-        bar.set_postfix(list_ndcg10=f"{fig['valid_list_ndcg@10']:.4f}", best=f"{best:.4f}")
-        if fig["valid_list_ndcg@10"] > best:
-            best, best_fig, stale = fig["valid_list_ndcg@10"], fig, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    ckpt = make_checkpoint(model_name, model, ce_config, vocab_hash, {**best_fig}, "stream", history,
-                           untrained=untrained_items(split.train, model.num_items))
+    select = Selection(lambda m: list_figures(m, split.valid, valid_lists), "valid_list_ndcg@10", start_competes=True)
+    result = fit(model, optimizer, lambda: Epoch(arrays, even_batches(len(train_ex), config.batch_size, rng)), loss,
+                 loop, config.epochs, select, "coop", progress)
+    ckpt = make_checkpoint(model_name, model, RECORDED_TRAIN_CONFIG, vocab_hash, result.figures, "stream",
+                           result.history, untrained=untrained_items(split.train, model.num_items))
     return model, _finish(ckpt, config, generator, out, parent)
+
+
+def train_cooperatively(base, parent: dict, split: TrainSplit, generator, config: CoopConfig, vocab_hash: str,
+                        cache_dir: str | Path | None, out: str | Path | None = None):
+    """Cooperative training as `train srm --coop` runs it, from `base` (loaded from its checkpoint `parent`).
+
+    With `from_scratch`, all-position models train from the start on every position (coop_from_scratch); DIN,
+    which has no per-position states, takes fresh seeded weights of its architecture into coop_train. Otherwise
+    a copy of `base` is fine-tuned (coop_train). Returns (model, checkpoint dict)."""
+    if config.from_scratch and base.all_positions:
+        return coop_from_scratch(parent["model"], parent, split, generator, config, vocab_hash, cache_dir, out=out)
+    if config.from_scratch:
+        torch.manual_seed(config.seed)
+        start = build_model(parent["model"], parent["model_config"])
+    else:
+        start = copy.deepcopy(base)
+    return coop_train(start, parent["model"], split, generator, config, vocab_hash, cache_dir, out=out,
+                      parent=parent.get("version"))
 
 
 def protocol_b_lists(stream: StreamSplit, generator, n: int, cache_dir) -> np.ndarray:
@@ -262,87 +253,3 @@ def protocol_b_rerank(model, stream: StreamSplit, lists: np.ndarray) -> dict:
     figures.update({f"srm/{k}": v for k, v in summarize(srm, RERANK_KS).items() if not k.startswith("recall")})
     figures.update({f"list/{k}": v for k, v in summarize(base_rank, RERANK_KS).items() if not k.startswith("recall")})
     return figures
-
-
-def make_generator(spec: str, dataset, split: TrainSplit | None = None):
-    """'popularity' (counts over the training prefixes) or 'llm:FOLDER' (registered by the `lsc4rec` root)."""
-    from shared.generator import generator_from_spec
-
-    return generator_from_spec(spec, dataset, split.train if split is not None else None)
-
-
-def _coop_config(args) -> CoopConfig:
-    from device.training import PRESETS
-    from shared.config import load_config, resolve_preset
-
-    path = resolve_preset(PRESETS, args.coop_config or "coop", "--coop-config")
-    overrides = [o[len("coop."):] for o in args.overrides if o.startswith("coop.")]
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    return load_config(CoopConfig, path, overrides, section="coop")
-
-
-def coop_main(args, dataset) -> int:
-    """`train srm --coop`: start from --resume (or train independently first), fine-tune on the lists (or, with
-    `from_scratch`, train the same architecture from fresh weights on them), and report both models on
-    protocol B re-ranking of the generator's session-start lists."""
-    import copy
-
-    from shared.cli import emit
-    from shared.data.splits import stream_split
-
-    stream = stream_split(dataset)
-    split = stream.srm_train()
-    config = _coop_config(args)
-    if args.resume is not None:
-        base, parent = load_checkpoint(args.resume, dataset.vocab_hash)
-    else:
-        from device.training.train import train
-        from device.training.cli import _load_configs
-
-        args.overrides = [o for o in args.overrides if not o.startswith("coop.")]
-        model_dict, train_cfg = _load_configs(args, args.model)
-        base, parent = train(args.model, model_dict, train_cfg, split, dataset.num_items, dataset.vocab_hash,
-                             out=Path(args.out) / "independent")
-    generator = make_generator(args.generator, dataset, stream.cloud_train())
-    cache = Path(args.out) / "candidate-cache"
-    lists = protocol_b_lists(stream, generator, config.num_candidates, cache)
-    before = protocol_b_rerank(base, stream, lists)
-    if config.from_scratch and base.all_positions:  # from the start, every position of every sequence at once
-        model, ckpt = coop_from_scratch(parent["model"], parent, split, generator, config, dataset.vocab_hash,
-                                        cache, out=args.out)
-    else:
-        start = copy.deepcopy(base)
-        if config.from_scratch:  # DIN: same architecture, fresh weights, one list per sampled history
-            torch.manual_seed(config.seed)
-            start = build_model(parent["model"], parent["model_config"])
-        model, ckpt = coop_train(start, parent["model"], split, generator, config, dataset.vocab_hash,
-                                 cache, out=args.out, parent=parent.get("version"))
-    after = protocol_b_rerank(model, stream, lists)
-    figures = {"protocol": "B (session-start list, re-ranked at every stream step, no requests)",
-               "generator": generator.version, "users": len(stream), "seed": config.seed,
-               "checkpoint": str(Path(args.out) / "srm.pt"), "version": ckpt["version"]}
-    figures.update({f"independent/{k}": v for k, v in before.items()})
-    figures.update({f"coop/{k}": v for k, v in after.items() if k.startswith("srm/")})
-    emit(figures, args.json, "cooperative training (NDCG/HR/MRR over the candidate list)")
-    return 0
-
-
-def rerank_main(args, dataset) -> int:
-    """`eval srm --rerank GEN --ckpt CKPT`: protocol B re-ranking of the generator's lists."""
-    from shared.cli import emit
-    from shared.data.splits import stream_split
-    from shared.errors import ConfigError
-
-    if args.ckpt is None:
-        raise ConfigError("--rerank", args.rerank, "needs --ckpt (artifacts are re-ranked by the device runtime)")
-    stream = stream_split(dataset)
-    model, ckpt = load_checkpoint(args.ckpt, dataset.vocab_hash)
-    generator = make_generator(args.rerank, dataset, stream.cloud_train())
-    cache = Path(args.ckpt if Path(args.ckpt).is_dir() else Path(args.ckpt).parent) / "candidate-cache"
-    lists = protocol_b_lists(stream, generator, CoopConfig().num_candidates, cache)
-    figures = {"protocol": "B (session-start list, re-ranked at every stream step, no requests)",
-               "generator": generator.version, "users": len(stream), "model": ckpt["model"],
-               "version": ckpt["version"], **protocol_b_rerank(model, stream, lists)}
-    emit(figures, args.json, "SRM re-ranking of candidate lists")
-    return 0

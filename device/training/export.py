@@ -18,9 +18,10 @@ import torch
 from onnxscript.rewriter import common_passes, pattern
 from torch import nn
 
+from device.training.artifacts import load_checkpoint, onnx_runner, pte_runner
 from shared.errors import LSC4RecError
-from shared.manifest import new_version, sha256_file, write_manifest
 from shared.files import replace_dir
+from shared.manifest import new_version, sha256_file, write_manifest
 from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
 
 PARITY_ATOL = 1e-4  # eager vs ONNX fp32 vs ExecuTorch, absolute, on the example inputs
@@ -56,9 +57,9 @@ class ExportConfig:
     seed: int = 0
 
 
-def default_config(model_name: str) -> ExportConfig:
-    """DIN materialises (B, C, T, 4d) attention inputs, so its ExecuTorch bounds are smaller."""
-    return ExportConfig(candidates_max=512) if model_name == "din" else ExportConfig()
+def default_config(model) -> ExportConfig:
+    """The model's own ExecuTorch bound on the candidate axis (SequentialRecommender.export_candidates_max)."""
+    return ExportConfig(candidates_max=model.export_candidates_max)
 
 
 def example_inputs(num_items: int, max_len: int, batch: int = 3, num_candidates: int = 50,
@@ -177,6 +178,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def write_pte(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:
     """torch.export -> edge dialect lowered to XNNPACK -> ExecuTorch program."""
+    # executorch is optional and heavy: only this format imports it
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
@@ -186,44 +188,6 @@ def write_pte(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig)
     backend = ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch(backend)
     path.write_bytes(program.buffer)
-
-
-def onnx_runner(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # as device.runtime.artifact
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda h, c: session.run(["scores"], {"history": np.ascontiguousarray(h),
-                                                 "candidates": np.ascontiguousarray(c)})[0]
-
-
-def pte_runner(path: Path):
-    from executorch.runtime import Runtime
-
-    method = Runtime.get().load_program(Path(path)).load_method("forward")
-    return lambda h, c: method.execute([torch.from_numpy(np.ascontiguousarray(h)),
-                                        torch.from_numpy(np.ascontiguousarray(c))])[0].numpy()
-
-
-def pte_score_fn(path: Path, num_items: int, batch: int = 1, chunk: int = 2048):
-    """Full-catalogue scores through an ExecuTorch program, in blocks within its upper bounds."""
-    run = pte_runner(path)
-    items = np.arange(1, num_items + 1, dtype=np.int64)
-
-    def score(history: np.ndarray) -> np.ndarray:
-        rows = []
-        for r in range(0, history.shape[0], batch):
-            h = np.ascontiguousarray(history[r:r + batch])
-            parts = [np.full((h.shape[0], 1), -np.inf, dtype=np.float32)]
-            for start in range(0, num_items, chunk):
-                block = items[start:start + chunk]
-                parts.append(run(h, np.ascontiguousarray(np.broadcast_to(block, (h.shape[0], len(block))))))
-            rows.append(np.concatenate(parts, axis=1))
-        return np.concatenate(rows, axis=0)
-    return score
 
 
 def check_parity(name: str, got: np.ndarray, expected: np.ndarray, atol: float) -> float:
@@ -279,7 +243,7 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
                metrics: dict | None = None, config: ExportConfig | None = None, untrained=()) -> Path:
     """Write `out_dir/<fmt>/` (file + manifest.json) atomically; returns that folder. `untrained`: the item ids no
     training sequence held (the manifest's untrained_items)."""
-    config = config or default_config(model_name)
+    config = config or default_config(model)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -315,8 +279,6 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
 def export_checkpoint(ckpt_path: str | Path, formats: tuple[str, ...], out_dir: str | Path,
                       config: ExportConfig | None = None) -> dict[str, Path]:
     """Export a checkpoint to each format; the manifest carries the checkpoint's validation metrics."""
-    from device.training.train import load_checkpoint
-
     model, ckpt = load_checkpoint(ckpt_path)
     metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float))}
     return {fmt: export_one(model, ckpt["model"], ckpt["vocab_hash"], fmt, Path(out_dir), metrics, config,

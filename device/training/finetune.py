@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from device.training.train import (CHECKPOINT_NAME, TrainConfig, load_checkpoint, make_checkpoint, run_epoch,
-                          save_checkpoint, train_config_from, training_arrays, validate)
+from device.training.artifacts import CHECKPOINT_NAME, load_checkpoint, make_checkpoint, save_checkpoint
+from device.training.train import Epoch, fit, seed_everything, train_config_from, training_epoch, validate, window_loss
 from shared.data.splits import Examples
-from shared.errors import DataFormatError, InvalidArgumentError
+from shared.errors import DataFormatError, InvalidArgumentError, UnknownItemError
 
 
 def finetune(ckpt: str | Path, fresh_sequences: Sequence[np.ndarray], budget_s: float, out: str | Path,
@@ -28,37 +28,27 @@ def finetune(ckpt: str | Path, fresh_sequences: Sequence[np.ndarray], budget_s: 
     """
     if budget_s <= 0:
         raise InvalidArgumentError("budget_s", budget_s, "must be positive")
-    model, parent = load_checkpoint(ckpt, vocab_hash)
-    sequences = [np.asarray(s, dtype=np.int64) for s in fresh_sequences]
-    if not any(len(s) >= 2 for s in sequences):
-        raise InvalidArgumentError("fresh_sequences", len(sequences), "no sequence has a next item to learn")
-    for row, seq in enumerate(sequences):
-        if seq.size and (seq.min() < 1 or seq.max() > model.num_items):
-            from shared.errors import UnknownItemError
-            raise UnknownItemError(f"fresh_sequences[{row}]", int(seq[(seq < 1) | (seq > model.num_items)][0]),
-                                   f"not an item id (catalogue is 1..{model.num_items})")
-    config = train_config_from(parent, lr=lr, seed=seed, time_limit_s=float(budget_s))
-    torch.manual_seed(seed)
-    torch.set_num_threads(config.threads)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    start = time.perf_counter()
-    deadline = start + budget_s
-    epochs, losses = 0, []
     if max_epochs is not None and max_epochs < 1:
         raise InvalidArgumentError("max_epochs", max_epochs, "must be at least 1")
-    while time.perf_counter() < deadline and (max_epochs is None or epochs < max_epochs):
-        arrays = training_arrays(model, sequences, config, rng, first_target=first_fresh)
-        if not len(arrays[0]):
-            break
-        losses.append(run_epoch(model, optimizer, arrays, config, gen, rng, deadline, "finetune", False))
-        epochs += 1
-    model.eval()
-    figures = {"epochs": float(epochs), "seconds": time.perf_counter() - start,
-               "loss": losses[-1] if losses else float("nan")}
+    model, parent = load_checkpoint(ckpt, vocab_hash)
+    sequences = [np.asarray(s, dtype=np.int64) for s in fresh_sequences]
+    _check_sequences(sequences, model.num_items)
+    # The parent's recipe (loss, batch size, gradient clip, threads); the optimiser has no weight decay.
+    config = train_config_from(parent, lr=lr, seed=seed, time_limit_s=float(budget_s))
+    rng, gen = seed_everything(seed, config.threads)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def next_epoch() -> Epoch | None:
+        epoch = training_epoch(model, sequences, config, rng, first_target=first_fresh)
+        return epoch if len(epoch.batches) else None  # no fresh event has a next item: nothing to learn
+
+    start = time.perf_counter()
+    result = fit(model, optimizer, next_epoch, window_loss(config, gen), config, max_epochs, desc="finetune",
+                 progress=False)
+    figures = {"epochs": float(result.epochs), "seconds": time.perf_counter() - start, "loss": result.loss}
     if valid is not None:
         figures.update(validate(model, valid))
-    fresh = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, int)
+    fresh = np.concatenate(sequences) if sequences else np.zeros(0, int)
     ckpt_dict = make_checkpoint(parent["model"], model, config, parent["vocab_hash"], figures,
                                 parent.get("protocol", "stream"), [figures], parent=parent.get("version"),
                                 untrained=np.setdiff1d(parent.get("untrained_items", []), fresh))
@@ -66,6 +56,16 @@ def finetune(ckpt: str | Path, fresh_sequences: Sequence[np.ndarray], budget_s: 
     path = save_checkpoint(ckpt_dict, out if out.suffix == ".pt" else out / CHECKPOINT_NAME)
     figures.update({"version": ckpt_dict["version"], "parent": parent.get("version")})
     return (path, figures) if return_figures else path
+
+
+def _check_sequences(sequences: list[np.ndarray], num_items: int) -> None:
+    """Something to learn (a sequence with a next item) and only the catalogue's ids, before any training."""
+    if not any(len(s) >= 2 for s in sequences):
+        raise InvalidArgumentError("fresh_sequences", len(sequences), "no sequence has a next item to learn")
+    for row, seq in enumerate(sequences):
+        if seq.size and (seq.min() < 1 or seq.max() > num_items):
+            raise UnknownItemError(f"fresh_sequences[{row}]", int(seq[(seq < 1) | (seq > num_items)][0]),
+                                   f"not an item id (catalogue is 1..{num_items})")
 
 
 def read_fresh_events(path: str | Path, dataset) -> tuple[list[np.ndarray], list[int]]:

@@ -1,29 +1,36 @@
-"""Independent SRM training: full-softmax cross-entropy (default) or sampled losses, early stopping."""
+"""SRM training: one loop (`fit`) for the three ways an SRM learns, and the losses and data it learns from.
+
+Independent training (`train`: full-softmax cross-entropy by default, or sampled losses), cooperative training
+on a generator's candidate lists (device.training.coop) and fine-tuning on fresh events
+(device.training.finetune) are configurations of `fit`: they differ in their data (`Epoch`s), their loss, and
+whether a validation picks the epoch that is kept (`Selection`).
+"""
 from __future__ import annotations
 
-import copy
+import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
+# load_checkpoint is re-exported: simulator.experiments and older callers import it from here.
+from device.training.artifacts import CHECKPOINT_NAME, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: F401
 from device.training.evaluate import evaluate, model_score_fn
 from device.training.models import build_model
 from device.training.models.common import dot_scores
-from shared.config import check, from_dict, to_dict
+from shared.config import check, from_dict
+from shared.data.cold import item_counts
 from shared.data.splits import Examples, TrainSplit
-from shared.errors import CatalogMismatchError, ConfigError
+from shared.errors import ConfigError
 from shared.sequences import pad_left
-
-CHECKPOINT_NAME = "srm.pt"
-CHECKPOINT_FORMAT = "lsc4rec-srm/1"
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2  # torch intra-op threads
     time_limit_s: float = 0.0  # 0 = no limit; otherwise stop after this much training time
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0  # max gradient norm of every step (clip_grad_norm_); cooperative training uses it too
 
     def __post_init__(self):
         check(self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
@@ -186,7 +193,8 @@ def batch_loss(model, history: torch.Tensor, target: torch.Tensor, config: Train
 
 
 def training_arrays(model, sequences, config: TrainConfig, rng, first_target=None, lists=None):
-    """The epoch's (histories, targets[, lists]) arrays for this model kind."""
+    """The epoch's (histories, targets[, lists]) arrays for this model kind: windows for all-position models
+    (each position's next item), every (prefix, next item) pair for the others."""
     if model.all_positions:
         return _windows(sequences, model.max_len, rng, first_target, lists)
     if lists is not None:
@@ -194,29 +202,151 @@ def training_arrays(model, sequences, config: TrainConfig, rng, first_target=Non
     return _prefixes(sequences, model.max_len)
 
 
-def run_epoch(model, optimizer, arrays, config: TrainConfig, gen: torch.Generator, rng,
-              deadline: float | None = None, desc: str = "train", progress: bool = True,
-              list_loss: ListLoss = ListLoss()) -> float:
-    """One pass over shuffled arrays; returns the mean loss. Stops early at `deadline` (perf_counter)."""
-    histories, targets, *lists = arrays
-    order = rng.permutation(len(histories))
+# ---- the loop
+
+LossFn = Callable[..., torch.Tensor]  # (model, one batch of every Epoch array as a tensor, ...) -> scalar loss
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One pass over the training data: row i of every array is example i; `batches` holds the row indices of
+    each optimiser step, in order."""
+
+    arrays: tuple[np.ndarray, ...]
+    batches: list[np.ndarray]
+
+
+def fixed_batches(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A shuffled order of n rows cut into batches of `size` (the last one smaller)."""
+    order = rng.permutation(n)
+    return [order[start:start + size] for start in range(0, n, size)]
+
+
+def even_batches(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A shuffled order of n rows cut into max(1, n // size) batches of near-equal size, none smaller than `size`
+    when n >= size (cooperative fine-tuning's batching: no small last batch)."""
+    return np.array_split(rng.permutation(n), max(1, n // size))
+
+
+def window_loss(config: TrainConfig, gen: torch.Generator, list_loss: ListLoss = ListLoss()) -> LossFn:
+    """`batch_loss` over a batch of `training_epoch` arrays (histories, targets[, lists])."""
+    def loss(model, history: torch.Tensor, target: torch.Tensor, lists: torch.Tensor | None = None) -> torch.Tensor:
+        return batch_loss(model, history, target, config, gen, lists, list_loss)
+    return loss
+
+
+def training_epoch(model, sequences, config: TrainConfig, rng, first_target=None, lists=None) -> Epoch:
+    """The next pass over `sequences`: fresh windows (training_arrays) in shuffled batches of config.batch_size."""
+    arrays = training_arrays(model, sequences, config, rng, first_target, lists)
+    return Epoch(arrays, fixed_batches(len(arrays[0]), config.batch_size, rng))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Early stopping on a validation: after every epoch `validate(model)` gives figures; the weights of the
+    epoch with the highest `metric` are kept, and TrainConfig.patience epochs without a better one end training."""
+
+    validate: Callable[[nn.Module], dict]
+    metric: str
+    # True: the starting weights are validated and compete too, so fine-tuning never returns a worse model.
+    start_competes: bool = False
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What `fit` did."""
+
+    history: list[dict]  # one record per validation: {"epoch", "loss" (not for epoch 0), **figures}
+    epochs: int  # passes that ran
+    loss: float  # mean loss of the last pass (nan when none ran)
+    epoch: int = 0  # the kept epoch (0 = the starting weights); the last one without a Selection
+    figures: dict = field(default_factory=dict)  # the kept epoch's validation figures ({} without a Selection)
+
+
+def seed_everything(seed: int, threads: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Seed torch (weight init, dropout), set its threads, and return the numpy rng (windows, batch order) and the
+    torch generator (sampled negatives) a run draws from, so that one seed gives one result."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
+def run_epoch(model, optimizer, epoch: Epoch, loss_fn: LossFn, grad_clip: float, deadline: float | None = None,
+              desc: str = "train", progress: bool = True) -> float:
+    """One pass: a gradient-clipped optimiser step per batch; returns the mean loss. Stops early at `deadline`
+    (time.perf_counter)."""
     model.train()
-    total, batches = 0.0, 0
-    bar = tqdm(range(0, len(order), config.batch_size), desc=desc, file=sys.stderr, leave=False,
-               disable=not progress or len(order) < 20 * config.batch_size)
-    for start in bar:
-        idx = order[start:start + config.batch_size]
-        loss = batch_loss(model, torch.from_numpy(histories[idx]), torch.from_numpy(targets[idx]), config, gen,
-                          torch.from_numpy(lists[0][idx]) if lists else None, list_loss)
+    total, steps = 0.0, 0
+    bar = tqdm(epoch.batches, desc=desc, file=sys.stderr, leave=False,
+               disable=not progress or len(epoch.batches) < 20)
+    for idx in bar:
+        loss = loss_fn(model, *(torch.from_numpy(array[idx]) for array in epoch.arrays))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        total, batches = total + float(loss.detach()), batches + 1
-        bar.set_postfix(loss=f"{total / batches:.4f}")
+        total, steps = total + float(loss.detach()), steps + 1
+        bar.set_postfix(loss=f"{total / steps:.4f}")
         if deadline is not None and time.perf_counter() >= deadline:
             break
-    return total / max(batches, 1)
+    return total / max(steps, 1)
+
+
+def fit(model, optimizer, next_epoch: Callable[[], Epoch | None], loss_fn: LossFn, config: TrainConfig,
+        epochs: int | None, select: Selection | None = None, desc: str = "train", progress: bool = True) -> Fit:
+    """Train `model` in place, pass after pass, and leave it in eval mode.
+
+    Stops after `epochs` passes (None: no cap), when `next_epoch()` returns None (nothing to learn), once
+    `config.time_limit_s` is spent (the pass under way ends there too) or, with `select`, after
+    `config.patience` epochs without a better figure; the model then holds the kept epoch's weights. Every step
+    clips the gradient norm at `config.grad_clip`.
+    """
+    deadline = time.perf_counter() + config.time_limit_s if config.time_limit_s else None
+    keeper = None if select is None else _Keeper(select.metric)
+    history, ran, loss = [], 0, math.nan
+    if select is not None and select.start_competes:
+        figures = select.validate(model)
+        history.append({"epoch": 0, **figures})
+        keeper.offer(model, 0, figures)
+    bar = tqdm(itertools.count(1) if epochs is None else range(1, epochs + 1), total=epochs, desc=f"{desc} epochs",
+               file=sys.stderr, disable=not progress)
+    for epoch in bar:
+        data = next_epoch()
+        if data is None:
+            break
+        loss = run_epoch(model, optimizer, data, loss_fn, config.grad_clip, deadline, f"epoch {epoch}", progress)
+        ran = epoch
+        if keeper is not None:
+            figures = select.validate(model)
+            history.append({"epoch": epoch, "loss": loss, **figures})
+            keeper.offer(model, epoch, figures)
+            bar.set_postfix(loss=f"{loss:.3f}", **{select.metric: f"{figures[select.metric]:.4f}"},
+                            best=f"{keeper.best:.4f}")
+            if keeper.stale >= config.patience:
+                break
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+    if keeper is None:
+        model.eval()
+        return Fit(history, ran, loss, ran)
+    model.load_state_dict(keeper.state)
+    model.eval()
+    return Fit(history, ran, loss, keeper.epoch, keeper.figures)
+
+
+class _Keeper:
+    """The best weights offered so far by one figure, and how many offers ago they came."""
+
+    def __init__(self, metric: str):
+        self.metric, self.best, self.stale = metric, -math.inf, 0
+        self.state, self.figures, self.epoch = None, {}, 0
+
+    def offer(self, model, epoch: int, figures: dict) -> None:
+        if figures[self.metric] > self.best:
+            self.best, self.stale, self.figures, self.epoch = figures[self.metric], 0, figures, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not the live weights
+        else:
+            self.stale += 1
 
 
 def validate(model, valid: Examples) -> dict:
@@ -236,36 +366,16 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
     With `coop`, every position also learns to pick its target out of its candidate list, and the epoch is
     chosen on `coop.validate` (device.training.coop: the validation lists) instead of the full-catalogue NDCG@10.
     """
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    rng, gen = seed_everything(config.seed, config.threads)
     model = build_model(model_name, {**model_config, "num_items": num_items})
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    deadline = time.perf_counter() + config.time_limit_s if config.time_limit_s else None
-    best, best_state, stale, history = -1.0, None, 0, []
     # Independent training is the case without lists, its epoch chosen on the full-catalogue NDCG@10.
     task = coop or ListTraining(None, ListLoss(), lambda m: validate(m, split.valid), "valid_ndcg@10")
-    metric = task.metric
-    epochs = tqdm(range(1, config.epochs + 1), desc=f"{model_name} epochs", file=sys.stderr, disable=not progress)
-    for epoch in epochs:
-        arrays = training_arrays(model, split.train, config, rng, lists=task.lists)
-        loss = run_epoch(model, optimizer, arrays, config, gen, rng, deadline, f"epoch {epoch}", progress,
-                         list_loss=task.loss)
-        figures = task.validate(model)
-        history.append({"epoch": epoch, "loss": loss, **figures})
-        epochs.set_postfix(loss=f"{loss:.3f}", **{metric: f"{figures[metric]:.4f}"}, best=f"{max(best, 0):.4f}")
-        if figures[metric] > best:
-            best, best_state, stale = figures[metric], copy.deepcopy(model.state_dict()), 0
-            best_metrics = {**figures, "epoch": float(epoch)}
-        else:
-            stale += 1
-        if stale >= config.patience or (deadline is not None and time.perf_counter() >= deadline):
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    ckpt = make_checkpoint(model_name, model, config, vocab_hash, best_metrics, protocol, history, cold=cold,
-                           untrained=untrained_items(split.train, num_items))
+    result = fit(model, optimizer, lambda: training_epoch(model, split.train, config, rng, lists=task.lists),
+                 window_loss(config, gen, task.loss), config, config.epochs, Selection(task.validate, task.metric),
+                 model_name, progress)
+    ckpt = make_checkpoint(model_name, model, config, vocab_hash, {**result.figures, "epoch": float(result.epoch)},
+                           protocol, result.history, cold=cold, untrained=untrained_items(split.train, num_items))
     if out is not None:
         save_checkpoint(ckpt, Path(out) / CHECKPOINT_NAME)
     return model, ckpt
@@ -273,76 +383,9 @@ def train(model_name: str, model_config: dict, config: TrainConfig, split: Train
 
 def untrained_items(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
     """Ascending ids of the items that no sequence holds: the model learned nothing about them."""
-    from shared.data.cold import item_counts
-
     return np.flatnonzero(item_counts(sequences, num_items)[1:] == 0) + 1
 
 
-def make_checkpoint(model_name, model, config: TrainConfig, vocab_hash: str, metrics: dict, protocol: str,
-                    history: list, parent: str | None = None, cold: dict | None = None,
-                    untrained: Sequence[int] = ()) -> dict:
-    """State dict + model config + training config + vocab hash + validation metrics (+ lineage).
-
-    `cold_seed` and `cold_fraction` name protocol C's cold draw (None: the split had no cold items); checkpoints
-    written before they existed lack the keys, and readers use .get. `untrained_items`: the ids no training
-    sequence held (untrained_items()), carried into the exported manifest.
-    """
-    from datetime import datetime, timezone
-
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": model_name,
-        "model_config": to_dict(model.config),
-        "train_config": to_dict(config),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "vocab_hash": vocab_hash,
-        "num_items": model.num_items,
-        "protocol": protocol,
-        "cold_seed": None if cold is None else int(cold["cold_seed"]),
-        "cold_fraction": None if cold is None else float(cold["cold_fraction"]),
-        "untrained_items": [int(i) for i in untrained],
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "history": history,
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "parent": parent,
-    }
-
-
-def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    """Atomic write (temp file, then rename); the checkpoint's version is set from its bytes' sha256."""
-    from shared.manifest import new_version, sha256_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save({**ckpt, "version": ""}, tmp)
-        ckpt["version"] = new_version(sha256_file(tmp))
-        torch.save(ckpt, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: str | Path, vocab_hash: str | None = None):
-    """(model in eval mode, checkpoint dict); refuses another catalogue with CatalogMismatchError."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError("ckpt", str(path), "no such checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError("ckpt", str(path), f"not an SRM checkpoint ({CHECKPOINT_FORMAT})")
-    if vocab_hash is not None and ckpt["vocab_hash"] != vocab_hash:
-        raise CatalogMismatchError(str(path), vocab_hash, ckpt["vocab_hash"])
-    model = build_model(ckpt["model"], ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
-
-
 def train_config_from(ckpt: dict, **changes) -> TrainConfig:
+    """The checkpoint's training config with `changes` (the starting recipe of fine-tuning and coop training)."""
     return replace(from_dict(TrainConfig, ckpt["train_config"]), **changes)

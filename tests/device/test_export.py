@@ -1,15 +1,14 @@
 """Export: parity eager vs ONNX vs ExecuTorch, dynamic axes, manifests, and no partial artifacts."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from device.training import export as ex
+from device.training.artifacts import onnx_runner, pte_runner
 from device.training.models import build_model
-from shared.manifest import read_manifest, verify_artifact
+from shared.manifest import verify_artifact
 
 N, T = 30, 10
 
@@ -55,12 +54,12 @@ def test_parity_eager_onnx_pte_on_dynamic_shapes(model, exported, b, c):
     h, cands = _inputs(b, c)
     with torch.no_grad():
         eager = model(h, cands).numpy()
-    onnx_out = ex.onnx_runner(folders["onnx"] / "model.onnx")(h.numpy(), cands.numpy())
-    pte = ex.pte_runner(folders["pte"] / "model.pte")
+    onnx_out = onnx_runner(folders["onnx"] / "model.onnx")(h.numpy(), cands.numpy())
+    pte = pte_runner(folders["pte"] / "model.pte")
     pte_out = np.concatenate([pte(h[i:i + 1].numpy(), cands[i:i + 1].numpy()) for i in range(b)])
     assert np.abs(onnx_out - eager).max() <= ex.PARITY_ATOL
     assert np.abs(pte_out - eager).max() <= ex.PARITY_ATOL
-    int8 = ex.onnx_runner(folders["onnx-int8"] / "model.onnx")(h.numpy(), cands.numpy())
+    int8 = onnx_runner(folders["onnx-int8"] / "model.onnx")(h.numpy(), cands.numpy())
     assert int8.shape == eager.shape and np.abs(int8 - eager).max() <= ex.INT8_RTOL * np.abs(eager).max() + 1e-6
 
 
@@ -90,7 +89,7 @@ def test_history_bias_exports_with_parity(tmp_path):
     h, cands = _inputs(3, 40)  # 40 candidates among 30 items: most rows repeat history items
     with torch.no_grad():
         eager = biased(h, cands).numpy()
-    for fmt, run in (("onnx", ex.onnx_runner), ("pte", ex.pte_runner)):
+    for fmt, run in (("onnx", onnx_runner), ("pte", pte_runner)):
         folder = ex.export_one(biased, "sasrec", "v", fmt, tmp_path)
         path = folder / ("model.onnx" if fmt == "onnx" else "model.pte")
         rows = [run(path)(h[i:i + 1].numpy(), cands[i:i + 1].numpy()) for i in range(3)]
@@ -135,3 +134,17 @@ def test_artifact_evaluation_matches_eager(model, exported, tiny_dataset):
             assert got[key] == pytest.approx(eager[key], abs=1e-9), (fmt, key)
     with pytest.raises(CatalogMismatchError):
         evaluate_artifact(folders["onnx"], examples, "another-catalogue")
+
+
+def test_offline_scores_are_the_device_runtimes(exported):
+    """`eval srm --artifact` (and export's parity and golden check) run an ONNX file in the session a device
+    runs it in (device.runtime.artifact.ort_session): the same graph optimisations, the same scores."""
+    from device.runtime.artifact import load_reranker
+    from device.training.artifacts import artifact_score_fn
+
+    _, folders = exported
+    manifest, path = verify_artifact(folders["onnx"])
+    history, _ = _inputs(4, 1)
+    offline = artifact_score_fn(manifest, path)(history.numpy())
+    device = load_reranker(folders["onnx"], "vocab123").score(history.numpy(), np.tile(np.arange(1, N + 1), (4, 1)))
+    assert np.isneginf(offline[:, 0]).all() and np.array_equal(offline[:, 1:], device)

@@ -1,14 +1,8 @@
-"""What every SRM shares: the scoring interface, input checks and the model registry."""
+"""What every SRM shares: the scoring interface, the history bias and batched dot-product scoring."""
 from __future__ import annotations
 
-from typing import Sequence
-
-import numpy as np
 import torch
 from torch import nn
-
-from shared.errors import InvalidArgumentError
-from shared.sequences import check_ids, pad_left
 
 NEG_INF = -1e9  # large negative instead of -inf: exported graphs and softmax stay finite
 
@@ -17,10 +11,15 @@ class SequentialRecommender(nn.Module):
     """Base class: `forward(history (B, T), candidates (B, C)) -> scores (B, C)`, 0 = padding.
 
     Models that encode every position causally (SASRec, GRU4Rec) set `all_positions = True` and
-    implement `encode(history) -> (B, T, d)`; training then predicts the next item at every position.
+    implement `encode(history) -> (B, T, d)` and `item_vectors(items) -> (..., d)`; training then predicts the
+    next item at every position. Every model is built from one config dataclass, its `config_class`, which
+    holds `num_items` and `max_len` (device.training.models.build_model).
     """
 
+    config_class: type  # the frozen config dataclass the constructor takes
     all_positions = False
+    # The largest candidate axis an exported ExecuTorch program plans memory for (export.ExportConfig).
+    export_candidates_max = 2048
     num_items: int
     max_len: int
     history_bias: "HistoryBias | None"  # every model sets it in __init__ (None unless its config asks)
@@ -94,25 +93,3 @@ class HistoryBias(nn.Module):
         values = self.by_age[age.clamp(0, len(self.raw) - 1)] * (age >= 0)  # (T, T), 0 for future keys
         offsets = torch.zeros(b, t, columns, dtype=self.raw.dtype, device=history.device)
         return offsets.scatter_add(2, history.unsqueeze(1).expand(-1, t, -1), values.expand(b, -1, -1))
-
-
-def make_inputs(histories: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]] | np.ndarray,
-                max_len: int, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checked, contiguous int64 tensors: histories left-padded to `max_len` (oldest items dropped)."""
-    for row, history in enumerate(histories):
-        check_ids(f"histories[{row}]", np.asarray(history, dtype=np.int64).reshape(-1), num_items, False)
-    cands = np.ascontiguousarray(np.asarray(candidates, dtype=np.int64))
-    if cands.ndim != 2 or cands.shape[0] != len(histories):
-        raise InvalidArgumentError("candidates", cands.shape, f"expected shape ({len(histories)}, C)")
-    check_ids("candidates", cands, num_items, False)
-    history = torch.from_numpy(pad_left(histories, max_len))
-    return history.contiguous(), torch.from_numpy(cands).contiguous()
-
-
-def registry() -> dict[str, tuple[type, type]]:
-    """Model name -> (module class, config class); imported lazily."""
-    from device.training.models.din import DIN, DINConfig
-    from device.training.models.gru4rec import GRU4Rec, GRU4RecConfig
-    from device.training.models.sasrec import SASRec, SASRecConfig
-
-    return {"sasrec": (SASRec, SASRecConfig), "gru4rec": (GRU4Rec, GRU4RecConfig), "din": (DIN, DINConfig)}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from device.training.models import MODELS
 from device.training.models.common import HistoryBias, SequentialRecommender
 from shared.config import check
 
@@ -28,8 +29,11 @@ class DINConfig:
         check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
 
 
+@MODELS.register("din")
 class DIN(SequentialRecommender):
+    config_class = DINConfig
     all_positions = False  # the history summary depends on the candidate, so no per-position states
+    export_candidates_max = 512  # it materialises (B, C, T, 4d) attention inputs: smaller ExecuTorch bounds
 
     def __init__(self, config: DINConfig):
         super().__init__()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from device.training.models import MODELS
 from device.training.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
 from shared.config import check
 
@@ -29,7 +30,9 @@ class GRU4RecConfig:
         check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
 
 
+@MODELS.register("gru4rec")
 class GRU4Rec(SequentialRecommender):
+    config_class = GRU4RecConfig
     all_positions = True
 
     def __init__(self, config: GRU4RecConfig):

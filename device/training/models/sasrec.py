@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from device.training.models import MODELS
 from device.training.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
 from shared.config import check
 
@@ -80,7 +81,9 @@ class Block(nn.Module):
         return self.norm2(x + self.ff(x))
 
 
+@MODELS.register("sasrec")
 class SASRec(SequentialRecommender):
+    config_class = SASRecConfig
     all_positions = True
 
     def __init__(self, config: SASRecConfig):
