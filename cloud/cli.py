@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
 from pathlib import Path
 
-from shared.cli import add_json_flag, handler
+from shared.cli import add_json_flag, emit, handler
+from shared.config import load_config
+from shared.data.dataset import load_dataset
+from shared.data.splits import stream_split
+from shared.errors import ConfigError
+from shared.generator import generator_from_spec
+from shared.manifest import read_manifest
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     serve = groups["cloud"].add_parser(
-        "serve", help="serve candidates (LLM or popularity stand-in) and device models over gRPC",
+        "serve", help="serve candidates (LLM, popularity stand-in, or any registered generator) and device models "
+                      "over gRPC",
         description="Start the cloud gRPC server: CandidateService (micro-batched generator), ModelService "
                     "(newest verified artifact under --models), grpc.health.v1 and reflection. Health reports "
                     "NOT_SERVING until the generator is loaded and warmed up. SIGTERM drains and exits 0.")
@@ -18,8 +28,12 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     source.add_argument("--popularity", type=Path, metavar="DATA_DIR",
                         help="serve the popularity stand-in built from this prepared dataset folder (counts "
                              "exclude protocol B's stream and cloud lag: the last 13 items of each user)")
+    source.add_argument("--generator", metavar="SPEC",
+                        help="a registered generator, SCHEME[:ARG] (cloud/generators/: popularity, llm:FOLDER, ...), "
+                             "over --data; it learns from what --popularity counts (protocol B's cloud view)")
     serve.add_argument("--data", type=Path, default=None,
-                       help="prepared dataset folder the LLM was trained on (required with --llm; its catalogue is checked)")
+                       help="prepared dataset folder the LLM was trained on (required with --llm and --generator; its "
+                            "catalogue is checked)")
     serve.add_argument("--models", type=Path, default=None,
                        help="folder of published device artifacts (one subfolder per version; rescanned live)")
     serve.add_argument("--address", default=None, help="host:port to bind (default 127.0.0.1:50051; port 0 = any)")
@@ -50,28 +64,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 def _load_generator(args: argparse.Namespace, threads: int):
-    if args.popularity is not None:
-        from shared.data.dataset import load_dataset
-        from shared.generator import PopularityGenerator
-
-        from shared.data.splits import stream_split
-
-        dataset = load_dataset(args.popularity)
-        # Counted on what the cloud has seen under protocol B (no stream event), so a replay stays leak-free.
-        return PopularityGenerator.from_sequences(stream_split(dataset).cloud_seen, dataset.num_items)
-    from shared.data.dataset import load_dataset
-    from shared.errors import ConfigError
-
-    from cloud.llm import load_generator
-
-    if args.data is None:
-        raise ConfigError("--data", None, "the dataset folder the LLM was trained on is required with --llm")
-    return load_generator(args.llm, load_dataset(args.data), **({"threads": threads} if threads else {}))
+    """The served generator through the registry (shared.generator.GENERATORS): --llm FOLDER is the spec
+    llm:FOLDER over --data, --popularity DATA_DIR is popularity over DATA_DIR."""
+    if args.popularity is None and args.data is None:
+        flag, what = ("--llm", "the LLM was trained on") if args.llm is not None else ("--generator", "to serve")
+        raise ConfigError("--data", None, f"the dataset folder {what} is required with {flag}")
+    dataset = load_dataset(args.popularity if args.popularity is not None else args.data)
+    if args.llm is not None:  # trained already: nothing to learn from the dataset
+        return generator_from_spec(f"llm:{args.llm}", dataset, threads=threads)
+    # Others learn from what the cloud has seen under protocol B (no stream event), so a replay stays leak-free.
+    spec = "popularity" if args.popularity is not None else args.generator
+    return generator_from_spec(spec, dataset, stream_split(dataset).cloud_seen, threads)
 
 
 def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
-    from shared.errors import ConfigError
-
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert/--tls-key", None, "give both or neither")
     if args.tls_cert is None:
@@ -81,14 +87,7 @@ def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
 
 def serve_main(args: argparse.Namespace) -> int:
     """Start, load and warm the generator, serve until SIGTERM/SIGINT, drain, exit 0."""
-    import logging
-    import signal
-    import threading
-
-    from shared.config import load_config
-    from shared.errors import ConfigError
-
-    from cloud.server import ServerConfig, create_server
+    from cloud.server import ServerConfig, create_server  # grpc and the servicers: only when serving
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(ServerConfig, args.config, args.overrides)
@@ -118,13 +117,9 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def publish_main(args: argparse.Namespace) -> int:
-    from shared.cli import emit
-
-    from cloud.registry import publish
+    from cloud.registry import publish  # grpc (through cloud.errors): only when publishing
 
     folder = publish(args.artifact, args.models)
-    from shared.manifest import read_manifest
-
     manifest = read_manifest(folder)
     emit({"folder": str(folder), "version": manifest.version, "format": manifest.format.value,
           "sha256": manifest.sha256}, args.json, title="published")

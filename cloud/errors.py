@@ -93,13 +93,6 @@ def lenient_parser(message_type) -> Callable[[bytes], Any]:
     return parse
 
 
-class Observer:
-    """What the boundary reports to (metrics); the default does nothing."""
-
-    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:  # pragma: no cover
-        pass
-
-
 def _failed(exc: Exception, method: str, rid: str, observer, start: float) -> tuple[grpc.StatusCode, str]:
     """The one mapping point: the status code and details for `exc`, logged and observed."""
     code, message = _report(exc, method, rid)

@@ -1,10 +1,17 @@
-"""`lsc4rec train llm` and `lsc4rec eval llm` (handlers import torch lazily)."""
+"""`lsc4rec train llm` and `lsc4rec eval llm` (torch is imported when a model is built or loaded)."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from cloud.llm import load_generator
+from cloud.llm.evaluate import evaluate_loo, ranks_for
+from cloud.llm.train import load_llm_config, train
 from shared.cli import add_json_flag, emit, handler
+from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
+from shared.data.dataset import load_dataset
+from shared.item_vectors import load_item_vectors, read_meta
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -65,9 +72,6 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from cloud.llm.train import load_llm_config, train
-    from shared.data.dataset import load_dataset
-
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides += [f"train.seed={args.seed}", f"tokenizer.seed={args.seed}"]
@@ -79,8 +83,6 @@ def train_main(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     vectors, meta = (None, None)
     if args.vectors is not None:
-        from shared.item_vectors import load_item_vectors, read_meta
-
         vectors, meta = load_item_vectors(args.vectors, dataset), {**read_meta(args.vectors), "path": str(args.vectors)}
     _, metrics = train(dataset, config, out=args.out, item_vectors=vectors, vectors_meta=meta)
     figures = {k: v for k, v in metrics.items() if k != "history"}
@@ -90,12 +92,6 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    import json
-
-    from cloud.llm import load_generator
-    from cloud.llm.evaluate import evaluate_loo, ranks_for
-    from shared.data.dataset import load_dataset
-
     dataset = load_dataset(args.data)
     generator = load_generator(args.model, dataset, beam_width=args.beam_width, threads=args.threads,
                                cold_boost=args.cold_boost)
@@ -108,8 +104,6 @@ def eval_main(args: argparse.Namespace) -> int:
         keys = [k for k in figures if not k.startswith("recall@") or k == "recall@50"]
         emit({k: figures[k] for k in keys}, args.json, "llm evaluation")
         return 0
-    from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
-
     seed, fraction = recorded_draw(args.protocol, args.seed, None, config["train"], f"model {args.model}")
     world = cold_world(dataset, args.protocol, fraction, seed)
     figures = world.figures(ranks_for(generator, world.examples, args.n, args.keep_seen), args.per_example)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import LSC4RecError, ManifestError
+from shared.files import staged_dir
 from shared.manifest import MANIFEST_NAME, read_manifest, verify_artifact
 from shared.records import ModelFormat, ModelManifest
 
@@ -38,15 +38,10 @@ def publish(artifact_folder: str | Path, models_dir: str | Path) -> Path:
     final = models_dir / f"{manifest.format.value}-{manifest.version}"
     if final.exists():
         raise ManifestError(f"{final}: version {manifest.version} is already published")
-    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=models_dir))
-    try:
+    with staged_dir(final) as tmp:
         shutil.copyfile(path, tmp / manifest.file_name)
         shutil.copyfile(Path(artifact_folder) / MANIFEST_NAME, tmp / MANIFEST_NAME)
         verify_artifact(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

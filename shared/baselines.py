@@ -11,8 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
+from shared.cli import emit
+from shared.data.cold import PROTOCOLS, cold_world
+from shared.data.dataset import load_dataset
 from shared.errors import ConfigError
-from shared.ranking import ScoreFn
+from shared.item_vectors import load_item_vectors
+from shared.ranking import ScoreFn, rank_examples
 from shared.sequences import pad_left
 
 KINDS = ("popularity", "text-knn")
@@ -75,12 +79,6 @@ def baseline_score_fn(kind: str, counts: np.ndarray, vectors: np.ndarray | None 
 
 def eval_main(args: argparse.Namespace) -> int:
     """`lsc4rec eval baseline`: a baseline's figures on protocol A or C, sliced cold/tail/warm."""
-    from shared.cli import emit
-    from shared.data.cold import PROTOCOLS, cold_world
-    from shared.data.dataset import load_dataset
-    from shared.item_vectors import load_item_vectors
-    from shared.ranking import rank_examples
-
     if args.kind == "text-knn" and args.vectors is None:
         raise ConfigError("--vectors", None, "text-knn needs the item vectors file (`lsc4rec embed items`)")
     dataset = load_dataset(args.data)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from shared.data.readers import READERS
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +31,6 @@ def emit(figures: dict[str, Any], as_json: bool, title: str = "") -> None:
 def handler(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     """A subcommand handler that imports its module only when run (keeps `--help` and device installs light)."""
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
         return getattr(importlib.import_module(module), function)(args)
     return run
 
@@ -42,18 +42,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         description="Write a dataset folder (interactions.tsv, items.tsv, users.tsv, meta.json). "
                     "ml-100k is fetched from the recbole==1.2.1 wheel on PyPI and checked by sha256; "
                     "other formats are read from --input.")
+    formats = READERS.items()
     prepare.add_argument("--dataset", required=True,
-                         help="ml-100k (fetched), or a format to read from --input: movielens-100k-raw, "
-                              "movielens-1m, recbole, amazon-2018, amazon-2023, csv")
+                         help="ml-100k (fetched), or a format to read from --input: "
+                              f"{', '.join(name for name, _ in formats)}")
     prepare.add_argument("--input", type=Path, default=None,
                          help="source file or folder (gzip is detected and streamed): "
-                              "movielens-100k-raw = folder with u.data + u.item; "
-                              "movielens-1m = folder with ratings.dat + movies.dat; "
-                              "recbole = NAME.inter (+ NAME.item beside it); "
-                              "amazon-2018 = 5-core reviews JSON lines (+ meta_*.json beside it); "
-                              "amazon-2023 = reviews JSONL (+ meta_*.jsonl beside it); "
-                              "csv = header with user, item, timestamp[, title]; "
-                              "for ml-100k, a folder that already holds ml-100k.{inter,item,user} (skips the download)")
+                              + "; ".join(f"{name} = {_summary(reader)}" for name, reader in formats)
+                              + "; for ml-100k, a folder that already holds ml-100k.{inter,item,user} (skips the download)")
     prepare.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     prepare.add_argument("--k-core", type=int, default=0,
                          help="drop users and items with fewer than K interactions, repeatedly (0 = off)")
@@ -123,6 +119,6 @@ def _register_baseline(sub) -> None:
     p.set_defaults(func=handler("shared.baselines", "eval_main"))
 
 
-def fail(message: str) -> int:
-    print(f"lsc4rec: error: {message}", file=sys.stderr)
-    return 2
+def _summary(reader: Callable) -> str:
+    """A reader's docstring up to its first blank line, on one line (the `--input` help of its format)."""
+    return " ".join((reader.__doc__ or "").split("\n\n")[0].split()).rstrip(".")

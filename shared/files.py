@@ -1,8 +1,85 @@
-"""Filesystem helpers: replace a folder so that readers never see a half-written one."""
+"""Filesystem helpers: files and folders appear whole and verified, or not at all.
+
+- `download_verified`: the one routine for fetched bytes (a cloud download, a wheel, a member of one): written to a
+  temp file in the target folder, checked against its sha256, renamed into place; on failure nothing is left.
+- `staged_dir`: a folder built under a temp name beside its final one and renamed there when complete.
+- `replace_dir`: put a finished folder in place of an old one, so that readers never see a half-written one.
+"""
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from shared.errors import ChecksumError
+
+
+class _HashingWriter:
+    """A binary file handle that hashes (sha256) and counts what goes through `write`."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+
+def download_verified(dest: str | Path, sha256: str, write: Callable[[BinaryIO], object]) -> Path:
+    """Put the bytes that `write(handle)` writes at `dest`, only if their sha256 is `sha256`.
+
+    They go to a temp file in dest's folder (hashed on the way), and only a match is renamed to `dest` (atomic on
+    one filesystem). When `write` raises, or the sha256 differs (ChecksumError naming dest, expected and actual),
+    the temp file is deleted and `dest` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            hashing = _HashingWriter(handle)
+            write(hashing)
+        actual = hashing.digest.hexdigest()
+        if actual != sha256:
+            raise ChecksumError(dest, sha256, actual)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+@contextmanager
+def staged_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
+    """A hidden temp folder beside `final` to fill in the `with` block; renamed to `final` when the block ends.
+
+    replace=False: `final` must not exist yet (a plain rename); True: an existing `final` is swapped out
+    (`replace_dir`). When the block raises, the temp folder is deleted and `final` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if replace:
+        replace_dir(tmp, final)
+        return
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(new: Path, out: Path) -> None:

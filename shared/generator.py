@@ -1,4 +1,4 @@
-"""The CandidateGenerator protocol (what the cloud serves) and a popularity stand-in."""
+"""The CandidateGenerator protocol (what the cloud serves), a popularity stand-in, and the generator registry."""
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
@@ -7,6 +7,7 @@ import numpy as np
 
 from shared.errors import ConfigError, InvalidArgumentError
 from shared.records import Candidate
+from shared.registry import Registry
 from shared.wire import check_items
 
 
@@ -77,24 +78,30 @@ class PopularityGenerator:
         return out
 
 
-# Loaders for generator specs "SCHEME:ARG" (e.g. "llm:runs/llm"). Packages that may not import each
-# other meet here: the composition root (simulator.cli) registers the cloud LLM loader, and offline
-# device jobs (cooperative training) resolve a spec without importing `cloud` themselves.
-_LOADERS: dict[str, Callable[[str, Any], CandidateGenerator]] = {}
+GeneratorLoader = Callable[..., CandidateGenerator]
+"""`loader(arg, dataset, seen, threads)` builds the generator named by the spec "SCHEME:ARG" ("SCHEME" alone: arg "").
+
+`seen`: the sequences the generator may learn from (None = every sequence of `dataset`); `threads`: compute
+threads it may use (0 = its library's default)."""
+
+# The cloud's generators, one module of cloud/generators/ each, by the scheme of their spec ("popularity",
+# "llm:runs/llm"). The registry object lives here so that offline device jobs (cooperative training) resolve a
+# spec without importing `cloud` themselves; the entries live in the cloud package and are found by name.
+GENERATORS: Registry[GeneratorLoader] = Registry("generator", "cloud.generators")
+
+
+def generator_from_spec(spec: str, dataset, seen: Sequence[np.ndarray] | None = None,
+                        threads: int = 0) -> CandidateGenerator:
+    """The generator of a spec "SCHEME[:ARG]" (e.g. 'popularity', 'llm:runs/llm') through GENERATORS; `seen` are
+    the sequences it may learn from (default: all of `dataset`)."""
+    scheme, _, arg = spec.partition(":")
+    if scheme not in GENERATORS:
+        raise ConfigError("generator", spec, f"unknown generator (known: {', '.join(GENERATORS.names())})")
+    return GENERATORS.get(scheme)(arg, dataset, seen, threads)
 
 
 def register_loader(scheme: str, loader: Callable[[str, Any], CandidateGenerator]) -> None:
-    """`loader(arg, dataset)` builds the generator named by "scheme:arg"."""
-    _LOADERS[scheme] = loader
-
-
-def generator_from_spec(spec: str, dataset, train_sequences: Sequence[np.ndarray] | None = None) -> CandidateGenerator:
-    """'popularity' (counts over `train_sequences`, default all) or 'SCHEME:ARG' through a registered loader."""
-    if spec == "popularity":
-        seqs = train_sequences if train_sequences is not None else dataset.sequences()
-        return PopularityGenerator.from_sequences(seqs, dataset.num_items)
-    scheme, sep, arg = spec.partition(":")
-    if not sep or scheme not in _LOADERS:
-        known = ", ".join(["popularity", *(f"{s}:ARG" for s in sorted(_LOADERS))])
-        raise ConfigError("generator", spec, f"unknown generator (known: {known})")
-    return _LOADERS[scheme](arg, dataset)
+    """Deprecated: generators register themselves in cloud/generators/. Kept only while simulator.cli still
+    registers its `loader(arg, dataset)` for "llm"; a scheme the cloud already provides is left as it is."""
+    if scheme not in GENERATORS:
+        GENERATORS.register(scheme, lambda arg, dataset, seen=None, threads=0: loader(arg, dataset))

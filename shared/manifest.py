@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 from shared.errors import ManifestError
@@ -168,9 +169,7 @@ def verify_artifact(folder: str | Path, manifest: ModelManifest | None = None) -
     return manifest, path
 
 
-def new_version(sha256: str, now: "datetime | None" = None) -> str:
+def new_version(sha256: str, now: datetime | None = None) -> str:
     """A version string that sorts in creation order: UTC time to the microsecond + sha256 prefix."""
-    from datetime import datetime, timezone
-
     now = now or datetime.now(timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{sha256[:8]}"

@@ -9,6 +9,7 @@ plain transformers model; the projection and the text vectors are saved beside i
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -56,8 +57,6 @@ class TextGrounding(torch.nn.Module):
 
     def save(self, folder: str | Path, meta: dict) -> Path:
         """`folder/item_text.npz`: the text vectors, the projection (d, H) and which items were trained."""
-        import json
-
         path = Path(folder) / GROUNDING_NAME
         np.savez(path, vectors=self.text[NUM_SPECIAL:].numpy(), proj=self.proj.weight.detach().T.numpy(),
                  trained=self.keep[NUM_SPECIAL:, 0].numpy().astype(bool), meta=np.asarray(json.dumps(meta)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud.text.encoders import smollm2_folder
 from shared.config import check
 from shared.errors import ConfigError
 
@@ -84,8 +85,6 @@ def build_model(config: ModelConfig, vocab_size: int, depth: int, seed: int = 0)
     if config.preset in SCRATCH:
         return AutoModelForCausalLM.from_config(scratch_config(config, vocab_size, depth))
     if config.preset == "smollm2-135m":
-        from cloud.text.encoders import smollm2_folder
-
         folder = smollm2_folder()
     else:
         folder = Path(config.folder)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cloud.text.encoders import TextEncoder, resolve_encoder
+from cloud.text.vectors import apply_whitening
 from shared.config import check
 from shared.data.dataset import vocab_hash
 from shared.errors import CatalogMismatchError, EmptyDatasetError, ManifestError
@@ -176,9 +178,6 @@ def semantic_index(items: Sequence[Item], embeddings: np.ndarray, config: Tokeni
 
 def embed_texts(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     """(len(texts), 384) float32 mean-pooled, L2-normalised MiniLM sentence embeddings."""
-    from cloud.text.encoders import resolve_encoder
-    from cloud.text.vectors import TextEncoder, apply_whitening
-
     model = TextEncoder(resolve_encoder("minilm"), "mean")
     return apply_whitening(np.concatenate([model(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)]),
                            None, None)

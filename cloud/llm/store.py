@@ -5,8 +5,13 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from cloud.llm.generate import LLMGenerator
 from cloud.llm.semantic_ids import ItemIndex
+from shared.config import to_dict
 from shared.errors import ManifestError
+from shared.manifest import new_version, sha256_file
 from shared.records import Item
 
 MODEL_DIR = "model"
@@ -16,10 +21,6 @@ METRICS_NAME = "metrics.json"
 
 def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict, token_bias=None):
     """Write `out/model` (save_pretrained), `out/item_index.json`, `out/config.json`, `out/metrics.json`."""
-    from cloud.llm.generate import LLMGenerator
-    from shared.config import to_dict
-    from shared.manifest import new_version, sha256_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / MODEL_DIR)
@@ -49,8 +50,6 @@ def load_generator(folder: str | Path, dataset_or_catalog, beam_width: int = 0, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cloud.llm.generate import LLMGenerator
-
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise ManifestError(f"{folder}: no {CONFIG_NAME}; not a folder written by `lsc4rec train llm`")
@@ -67,9 +66,7 @@ def load_generator(folder: str | Path, dataset_or_catalog, beam_width: int = 0, 
 
 def _cold_bias(folder: Path, index: ItemIndex, boost: float):
     """(V,) `boost` on the tokens of the items a text-grounded model never trained on; None without grounding."""
-    import numpy as np
-
-    from cloud.llm.grounding import GROUNDING_NAME, cold_bias
+    from cloud.llm.grounding import GROUNDING_NAME, cold_bias  # torch
 
     path = folder / GROUNDING_NAME
     if not path.is_file():

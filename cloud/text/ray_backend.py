@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cloud.text.encoders import Encoder
-from cloud.text.vectors import TextEncoder, shard_vectors
+from cloud.text.encoders import Encoder, TextEncoder, shard_vectors
 
 
 def _shard(encoder: Encoder, pooling: str, prompts: list[str], batch_size: int) -> np.ndarray:

@@ -9,8 +9,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cloud.text.encoders import Encoder
+from tqdm import tqdm
+
+from cloud.text.encoders import Encoder, TextEncoder, shard_vectors
+from cloud.text.ray_backend import run_ray
 from shared.errors import InvalidArgumentError
+from shared.ray_backend import start_ray
 from shared.wheels import cache_root
 
 POOLINGS = ("last", "mean")
@@ -61,34 +65,6 @@ class VectorCache:
         self._known.update(zip(keys, vectors))
 
 
-class TextEncoder:
-    """Loads an encoder once and turns prompts into (B, d) float32 vectors."""
-
-    def __init__(self, encoder: Encoder, pooling: str, threads: int = 0):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.pooling = pooling
-        self.tokenizer = AutoTokenizer.from_pretrained(encoder.folder, local_files_only=True)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left" if pooling == "last" else "right"  # last token = column -1
-        self.model = AutoModel.from_pretrained(encoder.folder, local_files_only=True, dtype=torch.float32).eval()
-
-    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state  # (B, T, d)
-        if self.pooling == "last":
-            return hidden[:, -1].float().numpy()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).float().numpy()
-
-
 BACKENDS = ("local", "ray")
 
 
@@ -99,8 +75,6 @@ def encode(texts: Sequence[str], encoder: Encoder, pooling: str, prompt: str, ba
     backend "ray" sends the shards to Ray workers (`ray_address`, else a local one-node cluster); a shard is the
     same texts in the same batches on either backend, so the vectors are the same.
     """
-    from tqdm import tqdm
-
     if pooling not in POOLINGS:
         raise InvalidArgumentError("--pooling", pooling, f"must be one of {', '.join(POOLINGS)}")
     if "{text}" not in prompt:
@@ -115,25 +89,15 @@ def encode(texts: Sequence[str], encoder: Encoder, pooling: str, prompt: str, ba
     jobs = [([k for k, _ in shard], [prompt.format(text=t) for _, t in shard]) for shard in shards]
     if jobs:
         if backend == "ray":
-            from shared.ray_backend import start_ray
-
             start_ray(ray_address, flag="--backend")  # a missing extra or cluster fails here, before any work
         bar = tqdm(total=len(missing), desc=f"embed items ({encoder.name}, {pooling}, {backend})", unit=" items",
                    file=sys.stderr, disable=not progress)
-        if backend == "ray":
-            from cloud.text.ray_backend import run_ray as run
-        else:
-            run = _run_local
+        run = run_ray if backend == "ray" else _run_local
         for shard_keys, vectors in run(jobs, encoder, pooling, batch_size, ray_address):
             cache.put(shard_keys, vectors)  # each finished shard is kept, whatever happens to the rest
             bar.update(len(shard_keys))
         bar.close()
     return np.stack([cache.get(k) for k in keys]).astype(np.float32)
-
-
-def shard_vectors(model: TextEncoder, prompts: Sequence[str], batch_size: int) -> np.ndarray:
-    """(len(prompts), d): the prompts in consecutive batches of `batch_size`, on either backend."""
-    return np.concatenate([model(prompts[b:b + batch_size]) for b in range(0, len(prompts), batch_size)])
 
 
 def _run_local(jobs, encoder: Encoder, pooling: str, batch_size: int, address: str):

@@ -1,26 +1,27 @@
-"""Torch-free gRPC client of the cloud: deadlines, bounded jittered retries on UNAVAILABLE, verified downloads."""
+"""Torch-free gRPC client of the cloud: deadlines, retries of UNAVAILABLE by gRPC's retry policy, verified downloads."""
 from __future__ import annotations
 
-import hashlib
-import os
-import random
-import shutil
-import tempfile
-import time
+import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO
 
 import grpc
 
 from shared import wire
 from shared.config import check
-from shared.errors import ChecksumError, InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
+from shared.errors import InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
+from shared.files import download_verified, staged_dir
 from shared.manifest import manifest_from_dict, manifest_to_dict, verify_artifact, write_manifest
 from shared.records import CandidateRequest, CandidateResponse, ModelFormat, ModelManifest
 from shared.rpc import lsc4rec_pb2 as pb
 from shared.rpc import lsc4rec_pb2_grpc as pb_grpc
+
+
+MAX_ATTEMPTS = 5  # gRPC clamps a retry policy's maxAttempts to 5
+# The unary calls; DownloadModel streams and is not retried (a failed download is checked again later).
+RETRIED_METHODS = (("lsc4rec.v1.CandidateService", "GetCandidates"), ("lsc4rec.v1.ModelService", "GetLatestManifest"))
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,11 @@ class ClientConfig:
 
     address: str = "127.0.0.1:50051"
     timeout_s: float = 2.0  # total budget of one call, retries included
-    download_timeout_s: float = 120.0  # total budget of one artifact download
-    max_attempts: int = 3  # attempts per call (only UNAVAILABLE is retried)
-    backoff_initial_s: float = 0.05  # first backoff cap; doubles each attempt (full jitter)
+    download_timeout_s: float = 120.0  # total budget of one artifact download (never retried)
+    # gRPC's retry policy (`retry_service_config`): attempts per unary call, only UNAVAILABLE is retried, after a
+    # pause drawn uniformly from [0, cap]; the cap starts at backoff_initial_s and doubles up to backoff_max_s.
+    max_attempts: int = 3
+    backoff_initial_s: float = 0.05
     backoff_max_s: float = 1.0
     max_message_bytes: int = 4 << 20
     token: str = ""  # bearer token ("" = none)
@@ -51,9 +54,10 @@ class ClientConfig:
         check(self.download_timeout_s > 0, "download_timeout_s", self.download_timeout_s, "must be > 0")
         check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_cert_file", self.tls_cert_file,
               "give tls_cert_file and tls_key_file together")
-        check(1 <= self.max_attempts <= 10, "max_attempts", self.max_attempts, "must be in 1..10")
-        check(0 <= self.backoff_initial_s <= self.backoff_max_s, "backoff_initial_s", self.backoff_initial_s,
-              "must be in 0..backoff_max_s")
+        check(1 <= self.max_attempts <= MAX_ATTEMPTS, "max_attempts", self.max_attempts,
+              f"must be in 1..{MAX_ATTEMPTS} (gRPC's retry policy allows no more)")
+        check(0 < self.backoff_initial_s <= self.backoff_max_s, "backoff_initial_s", self.backoff_initial_s,
+              "must be in (0, backoff_max_s]")
 
 
 class CloudError(LSC4RecError):
@@ -69,9 +73,9 @@ class CloudUnavailableError(UnavailableError):
 
     The device keeps serving from its cache."""
 
-    def __init__(self, code: str, message: str, attempts: int):
-        self.code, self.attempts = code, attempts
-        super().__init__(f"cloud unavailable after {attempts} attempt(s): {code}: {message}")
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(f"cloud unavailable: {code}: {message}")
 
 
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -79,10 +83,11 @@ _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 
 @dataclass
 class CallStats:
-    """Bytes on the wire (serialized protobuf payloads) and attempts, for reports."""
+    """Calls, bytes on the wire (serialized protobuf payloads, once per call) and the final status of each call.
+
+    Retries happen inside gRPC (the channel's retry policy), so a call counts once whatever its attempts."""
 
     calls: int = 0
-    attempts: int = 0
     request_bytes: int = 0
     response_bytes: int = 0
     last_request_bytes: int = 0
@@ -91,17 +96,16 @@ class CallStats:
 
 
 class CloudClient:
-    """One channel to the cloud. Every call has a deadline; only UNAVAILABLE is retried."""
+    """One channel to the cloud. Every call has a deadline; only UNAVAILABLE is retried (gRPC's retry policy).
 
-    def __init__(self, config: ClientConfig, num_items: int, channel: grpc.Channel | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+    A `channel` given here is used as it is: build it with `channel_options(config)` to keep the retry policy."""
+
+    def __init__(self, config: ClientConfig, num_items: int, channel: grpc.Channel | None = None):
         self.config = config
         self.num_items = num_items
         self._channel = channel or _make_channel(config)
         self._candidates = pb_grpc.CandidateServiceStub(self._channel)
         self._models = pb_grpc.ModelServiceStub(self._channel)
-        self._sleep = sleep
-        self._rng = rng or random.Random()
         self.stats = CallStats()
 
     def close(self) -> None:
@@ -143,54 +147,42 @@ class CloudClient:
         """
         # Re-validate: the version becomes a folder name, so it must be a plain name (no '/' or '..').
         manifest = manifest_from_dict(manifest_to_dict(manifest), source=f"manifest {manifest.version!r}")
-        dest_folder = Path(dest_folder)
-        final = dest_folder / f"{manifest.format.value}-{manifest.version}"
+        final = Path(dest_folder) / f"{manifest.format.value}-{manifest.version}"
         if final.exists():
             verify_artifact(final)  # already downloaded: trust only after checking again
             return final
-        dest_folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest_folder))
-        try:
-            self._fetch(manifest, tmp / manifest.file_name)
+        with staged_dir(final) as tmp:
+            download_verified(tmp / manifest.file_name, manifest.sha256, lambda out: self._fetch(manifest, out))
             write_manifest(manifest, tmp)
-            verify_artifact(tmp, manifest)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
-    def _fetch(self, manifest: ModelManifest, path: Path) -> None:
+    def _fetch(self, manifest: ModelManifest, out: BinaryIO) -> None:
+        """Write the DownloadModel stream to `out`, checking the announced sha256/size, offsets and length."""
         msg = pb.DownloadModelRequest(version=manifest.version, format=wire.format_to_pb(manifest.format))
-        digest, size = hashlib.sha256(), 0
+        size = 0
         self.stats.calls += 1
-        self.stats.attempts += 1
         self.stats.request_bytes += msg.ByteSize()
         try:
-            with open(path, "wb") as handle:
-                for n, chunk in enumerate(self._models.DownloadModel(
-                        msg, timeout=self.config.download_timeout_s, metadata=self._metadata(uuid.uuid4().hex))):
-                    self.stats.response_bytes += chunk.ByteSize()
-                    if n == 0 and (chunk.sha256 != manifest.sha256 or chunk.total_size != manifest.size_bytes):
-                        raise ManifestError(f"download of {manifest.version}: server announces sha256 "
-                                            f"{chunk.sha256} / {chunk.total_size} bytes, manifest says "
-                                            f"{manifest.sha256} / {manifest.size_bytes}")
-                    if chunk.offset != size:
-                        raise ManifestError(f"download of {manifest.version}: chunk at offset {chunk.offset}, "
-                                            f"expected {size}")
-                    size += len(chunk.data)
-                    if size > manifest.size_bytes:
-                        raise ManifestError(f"download of {manifest.version}: more than the "
-                                            f"{manifest.size_bytes} bytes of the manifest")
-                    digest.update(chunk.data)
-                    handle.write(chunk.data)
+            for n, chunk in enumerate(self._models.DownloadModel(
+                    msg, timeout=self.config.download_timeout_s, metadata=self._metadata(uuid.uuid4().hex))):
+                self.stats.response_bytes += chunk.ByteSize()
+                if n == 0 and (chunk.sha256 != manifest.sha256 or chunk.total_size != manifest.size_bytes):
+                    raise ManifestError(f"download of {manifest.version}: server announces sha256 "
+                                        f"{chunk.sha256} / {chunk.total_size} bytes, manifest says "
+                                        f"{manifest.sha256} / {manifest.size_bytes}")
+                if chunk.offset != size:
+                    raise ManifestError(f"download of {manifest.version}: chunk at offset {chunk.offset}, "
+                                        f"expected {size}")
+                size += len(chunk.data)
+                if size > manifest.size_bytes:
+                    raise ManifestError(f"download of {manifest.version}: more than the "
+                                        f"{manifest.size_bytes} bytes of the manifest")
+                out.write(chunk.data)
         except grpc.RpcError as exc:
-            raise _typed(exc, 1) from None
+            raise _typed(exc) from None
         if size != manifest.size_bytes:
             raise ManifestError(f"download of {manifest.version}: got {size} bytes, manifest says "
                                 f"{manifest.size_bytes}")
-        if digest.hexdigest() != manifest.sha256:
-            raise ChecksumError(path, manifest.sha256, digest.hexdigest())
 
     def _metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
         meta = (("x-request-id", request_id),)
@@ -199,54 +191,57 @@ class CloudClient:
         return meta
 
     def _call(self, method, msg, request_id: str, timeout_s: float | None):
-        """Unary call with a total deadline; UNAVAILABLE retried with full-jitter backoff, bounded."""
-        budget = self.config.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + budget
+        """Unary call with a total deadline (gRPC's retries of UNAVAILABLE included)."""
         size = msg.ByteSize()
         self.stats.calls += 1
+        self.stats.request_bytes += size
         self.stats.last_request_bytes, self.stats.last_response_bytes = size, 0
-        for attempt in range(1, self.config.max_attempts + 1):
-            remaining = deadline - time.monotonic()
-            self.stats.attempts += 1
-            self.stats.request_bytes += size
-            try:
-                reply = method(msg, timeout=max(remaining, 0.001), metadata=self._metadata(request_id))
-            except grpc.RpcError as exc:
-                code = exc.code()
-                self._count(code)
-                pause = self._backoff(attempt)
-                last = attempt == self.config.max_attempts or deadline - time.monotonic() <= pause
-                if code != grpc.StatusCode.UNAVAILABLE or last:
-                    raise _typed(exc, attempt) from None
-                self._sleep(pause)
-                continue
-            self._count(grpc.StatusCode.OK)
-            self.stats.last_response_bytes = reply.ByteSize()
-            self.stats.response_bytes += self.stats.last_response_bytes
-            return reply
-        raise AssertionError("unreachable: the loop returns or raises")
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (attempt - 1))
-        return self._rng.uniform(0, cap)
+        try:
+            reply = method(msg, timeout=self.config.timeout_s if timeout_s is None else timeout_s,
+                           metadata=self._metadata(request_id))
+        except grpc.RpcError as exc:
+            self._count(exc.code())
+            raise _typed(exc) from None
+        self._count(grpc.StatusCode.OK)
+        self.stats.last_response_bytes = reply.ByteSize()
+        self.stats.response_bytes += self.stats.last_response_bytes
+        return reply
 
     def _count(self, code: grpc.StatusCode) -> None:
         self.stats.codes[code.name] = self.stats.codes.get(code.name, 0) + 1
 
 
-def _typed(exc: grpc.RpcError, attempts: int) -> LSC4RecError:
+def _typed(exc: grpc.RpcError) -> LSC4RecError:
     """A typed error for a failed call: transient ones are UnavailableError (the device uses its cache)."""
     code, details = exc.code(), exc.details() or ""
     if code in _TRANSIENT:
-        return CloudUnavailableError(code.name, details, attempts)
+        return CloudUnavailableError(code.name, details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgumentError("request", details, "refused by the cloud (INVALID_ARGUMENT)")
     return CloudError(code.name, details)
 
 
-def _make_channel(config: ClientConfig) -> grpc.Channel:
+def retry_service_config(config: ClientConfig) -> str:
+    """gRPC's service config (JSON): the unary calls retry UNAVAILABLE, and nothing else, with jittered backoff.
+
+    Attempt n + 1 follows attempt n after a pause drawn from [0, min(backoff_initial_s * 2^(n-1), backoff_max_s)];
+    the call's deadline bounds them all."""
+    policy = {"maxAttempts": config.max_attempts, "initialBackoff": f"{config.backoff_initial_s:.9f}s",
+              "maxBackoff": f"{config.backoff_max_s:.9f}s", "backoffMultiplier": 2,
+              "retryableStatusCodes": ["UNAVAILABLE"]}
+    method = {"name": [{"service": service, "method": name} for service, name in RETRIED_METHODS]}
+    if config.max_attempts > 1:  # gRPC refuses a policy of one attempt: no policy is no retry
+        method["retryPolicy"] = policy
+    return json.dumps({"methodConfig": [method]})
+
+
+def channel_options(config: ClientConfig) -> list[tuple[str, object]]:
+    """The channel arguments of `config`: message limits, the retry policy, reconnect back-off, keepalive, TLS name."""
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
+               ("grpc.enable_retries", 1),
+               ("grpc.service_config", retry_service_config(config)),
+               ("grpc.service_config_disable_resolution", 1),  # ours, never one from DNS
                ("grpc.initial_reconnect_backoff_ms", min(200, config.reconnect_backoff_max_ms)),
                ("grpc.min_reconnect_backoff_ms", min(200, config.reconnect_backoff_max_ms)),
                ("grpc.max_reconnect_backoff_ms", config.reconnect_backoff_max_ms)]
@@ -258,6 +253,11 @@ def _make_channel(config: ClientConfig) -> grpc.Channel:
                     ("grpc.http2.max_pings_without_data", 0)]
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+    return options
+
+
+def _make_channel(config: ClientConfig) -> grpc.Channel:
+    options = channel_options(config)
     if not config.tls_ca_file:
         return grpc.insecure_channel(config.address, options=options)
     identity = {}

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -12,7 +10,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from shared.errors import DataFormatError, EmptyDatasetError
-from shared.files import replace_dir
+from shared.files import staged_dir
 from shared.records import Item
 
 INTERACTIONS = "interactions.tsv"
@@ -165,9 +163,7 @@ def _k_core_mask(users: list[str], items: list[str], k: int) -> list[bool]:
 def write_dataset(dataset: Dataset, out: str | Path) -> Path:
     """Write the dataset folder atomically: a temporary sibling folder, renamed at the end."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out, replace=True) as tmp:
         with open(tmp / INTERACTIONS, "w") as handle:
             handle.write("user\titem\ttimestamp\n")
             np.savetxt(handle, dataset.interactions, fmt="%d", delimiter="\t")
@@ -185,10 +181,6 @@ def write_dataset(dataset: Dataset, out: str | Path) -> Path:
         meta.update(dataset.stats())
         meta["vocab_hash"] = dataset.vocab_hash
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return out
 
 

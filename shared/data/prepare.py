@@ -7,10 +7,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from shared.cli import emit
 from shared.data.dataset import build_dataset, drop_last, load_dataset, write_dataset
-from shared.data.formats import READERS
+from shared.data.readers import READERS
 from shared.errors import ChecksumError, DataFormatError, EmptyDatasetError, InvalidArgumentError
+from shared.files import download_verified
 from shared.manifest import sha256_file
 from shared.wheels import fetch_wheel
 
@@ -31,11 +34,12 @@ LICENCE_NOTE = ("MovieLens data (GroupLens, University of Minnesota) may not be 
 
 
 def fetch_ml100k(folder: Path) -> Path:
-    """Download the RecBole wheel with pip, check its sha256, unpack the three ML-100K files."""
+    """Download the RecBole wheel with pip, check its sha256, unpack the three ML-100K files (each checked)."""
     wheel_path = fetch_wheel(RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, folder)
     with zipfile.ZipFile(wheel_path) as wheel:
-        for name in ML100K_SHA256:
-            (folder / name).write_bytes(wheel.read(ML100K_MEMBER + name))
+        for name, sha256 in ML100K_SHA256.items():
+            data = wheel.read(ML100K_MEMBER + name)
+            download_verified(folder / name, sha256, lambda out: out.write(data))
     return folder
 
 
@@ -57,7 +61,7 @@ def prepare(dataset: str, out: Path, source: Path | None = None, k_core: int = 0
     Nothing is written unless everything was read and built: a failure leaves `out` as it was.
     """
     out = Path(out)
-    known = ["ml-100k", *sorted(READERS)]
+    known = ["ml-100k", *READERS.names()]
     if dataset not in known:
         raise InvalidArgumentError("--dataset", dataset, f"not a known dataset (known: {', '.join(known)})")
     if k_core < 0:
@@ -67,14 +71,14 @@ def prepare(dataset: str, out: Path, source: Path | None = None, k_core: int = 0
         with tempfile.TemporaryDirectory(prefix="lsc4rec-ml100k-") as tmp:
             folder = Path(source) if source else fetch_ml100k(Path(tmp))
             checksums = verify_ml100k(folder)
-            events, items = READERS["recbole"](folder / "ml-100k.inter")
+            events, items = READERS.get("recbole")(folder / "ml-100k.inter")
             data = _build(events, items, k_core, folder, {
                 "source": f"MovieLens-100K from the PyPI wheel {RECBOLE_WHEEL} ({ML100K_MEMBER})",
                 "sha256": checksums, "licence": LICENCE_NOTE, "splits": SPLIT_DEFAULTS})
     else:
         if source is None:
             raise InvalidArgumentError("--input", None, f"--dataset {dataset} reads from disk: give --input PATH")
-        events, items = READERS[dataset](Path(source))
+        events, items = READERS.get(dataset, field="--dataset")(Path(source))
         data = _build(events, items, k_core, source,
                       {"source": f"{dataset} files at {source}", "splits": SPLIT_DEFAULTS})
     write_dataset(data, out)
@@ -94,8 +98,6 @@ def check_out(out: Path) -> None:
 
 def _build(events, items, k_core: int, source: Path, meta: dict):
     """build_dataset with a progress bar on an interactive stderr; an empty result names the source."""
-    from tqdm import tqdm
-
     events = tqdm(events, desc="reading", unit=" events", file=sys.stderr, disable=not sys.stderr.isatty())
     try:
         return build_dataset(events, items, k_core=k_core, meta=meta)

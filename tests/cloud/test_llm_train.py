@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +16,7 @@ from cloud.llm.train import cloud_split, load_llm_config, train, windows
 from shared.data.dataset import write_dataset
 from shared.data.splits import stream_split
 from shared.errors import CatalogMismatchError, ConfigError, ManifestError
-from tests.conftest import synthetic_dataset
+from tests.conftest import REPO, synthetic_dataset
 
 TINY = ["train.epochs=2", "train.threads=1", "model.max_history=10", "tokenizer.levels=2",
         "tokenizer.codebook_size=4"]
@@ -141,3 +146,27 @@ def test_time_budget_stops_after_the_epoch_that_passes_it():
     config = load_llm_config("tiny", overrides=TINY + ["train.epochs=5", "train.max_minutes=1e-6"])
     _, metrics = train(ds, config, progress=False)
     assert metrics["epochs_run"] == 1 and metrics["stopped_by"] == "max_minutes"
+
+
+def test_cloud_serve_starts_the_llm_quietly(trained, tmp_path):
+    """`cloud serve --llm` logs its own lines only: torchao's and torch pytree's start-up warnings are silenced."""
+    ds, out, _, _ = trained
+    data = write_dataset(ds, tmp_path / "data")
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator.cli", "cloud", "serve", "--llm", str(out), "--data", str(data),
+         "--address", "127.0.0.1:0", "--port-file", str(port_file)],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0 and port_file.exists(), stderr
+    assert "lsc4rec.cloud: generator" in stderr and "ready" in stderr and stdout == ""  # our own lines, on stderr
+    assert "torchao" not in stderr and "_pytree" not in stderr and "Triton" not in stderr, stderr

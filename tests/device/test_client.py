@@ -1,6 +1,7 @@
-"""CloudClient: deadlines, retries on UNAVAILABLE only, validated answers, verified atomic downloads, no torch."""
+"""CloudClient: deadlines, gRPC retries of UNAVAILABLE only, validated answers, verified atomic downloads, no torch."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,8 +13,8 @@ import pytest
 
 from cloud.registry import publish
 from cloud.server import ServerConfig, create_server
-from device.runtime.client import ClientConfig, CloudClient, CloudError, CloudUnavailableError
-from shared.errors import ChecksumError, InvalidArgumentError, ManifestError, UnavailableError
+from device.runtime.client import ClientConfig, CloudClient, CloudError, CloudUnavailableError, retry_service_config
+from shared.errors import ChecksumError, ConfigError, InvalidArgumentError, ManifestError, UnavailableError
 from shared.generator import PopularityGenerator
 from shared.manifest import verify_artifact
 from shared.records import CandidateRequest, ModelFormat
@@ -27,14 +28,17 @@ REQ = CandidateRequest("u1", (1, 2, 3), 5)
 
 
 class Scripted(pb_grpc.CandidateServiceServicer, pb_grpc.ModelServiceServicer):
-    """Answers GetCandidates from a script of status codes (then OK); serves fixed download chunks."""
+    """Answers GetCandidates from a script of status codes (then OK); serves fixed download chunks (after a script
+    of status codes of its own). Counts the attempts that reach it."""
 
-    def __init__(self, codes=(), delay_s: float = 0.0, candidates=(10, 11, 12), chunks=()):
+    def __init__(self, codes=(), delay_s: float = 0.0, candidates=(10, 11, 12), chunks=(), download_codes=()):
         self.codes = list(codes)
         self.delay_s = delay_s
         self.candidates = candidates
         self.chunks = list(chunks)
+        self.download_codes = list(download_codes)
         self.calls = 0
+        self.downloads = 0
         self.metadata = []
 
     def GetCandidates(self, request, context):
@@ -47,6 +51,9 @@ class Scripted(pb_grpc.CandidateServiceServicer, pb_grpc.ModelServiceServicer):
                                         generator_version="scripted", request_id=request.request_id)
 
     def DownloadModel(self, request, context):
+        self.downloads += 1
+        if self.download_codes:
+            context.abort(self.download_codes.pop(0), "scripted failure")
         yield from self.chunks
 
 
@@ -69,33 +76,39 @@ def scripted():
         server.stop(0)
 
 
-def client(address: str, sleeps: list | None = None, **kwargs) -> CloudClient:
+def client(address: str, **kwargs) -> CloudClient:
     config = ClientConfig(address=address, **{"timeout_s": 5.0, "backoff_initial_s": 0.01, **kwargs})
-    sleep = sleeps.append if sleeps is not None else time.sleep
-    return CloudClient(config, NUM_ITEMS, sleep=sleep)
+    return CloudClient(config, NUM_ITEMS)
 
 
-def test_unavailable_is_retried_with_jittered_backoff_then_succeeds(scripted):
+def test_unavailable_is_retried_by_grpc_then_succeeds(scripted):
     servicer = Scripted(codes=[grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE])
-    sleeps = []
-    c = client(scripted(servicer), sleeps, max_attempts=3)
+    c = client(scripted(servicer), max_attempts=3)
     response = c.get_candidates(REQ)
     assert [x.item for x in response.candidates] == [10, 11, 12]
-    assert servicer.calls == 3 and len(sleeps) == 2
-    assert 0 <= sleeps[0] <= 0.01 and 0 <= sleeps[1] <= 0.02  # full jitter under a doubling cap
+    assert servicer.calls == 3  # three attempts reached the server
+    assert [m.get("grpc-previous-rpc-attempts") for m in servicer.metadata] == [None, "1", "2"]  # gRPC's retries
     rids = {m["x-request-id"] for m in servicer.metadata}
     assert len(rids) == 1 and response.request_id in rids  # one id across retries
-    assert c.stats.codes == {"UNAVAILABLE": 2, "OK": 1} and c.stats.attempts == 3
+    assert c.stats.codes == {"OK": 1} and c.stats.calls == 1  # one call, whatever its attempts
 
 
 def test_attempts_are_bounded(scripted):
     servicer = Scripted(codes=[grpc.StatusCode.UNAVAILABLE] * 10)
-    sleeps = []
     with pytest.raises(CloudUnavailableError) as err:
-        client(scripted(servicer), sleeps, max_attempts=4).get_candidates(REQ)
-    assert servicer.calls == 4 and len(sleeps) == 3
-    assert err.value.code == "UNAVAILABLE" and err.value.attempts == 4
+        client(scripted(servicer), max_attempts=4).get_candidates(REQ)
+    assert servicer.calls == 4
+    assert err.value.code == "UNAVAILABLE"
     assert isinstance(err.value, UnavailableError)  # the device falls back to its cache on this type
+
+
+def test_backoff_is_bounded_by_its_cap(scripted):
+    servicer = Scripted(codes=[grpc.StatusCode.UNAVAILABLE] * 4)
+    c = client(scripted(servicer), max_attempts=5, backoff_initial_s=0.05, backoff_max_s=0.1)
+    start = time.monotonic()
+    c.get_candidates(REQ)
+    # four pauses, each drawn from [0, cap] with cap 0.05, 0.1, 0.1, 0.1
+    assert servicer.calls == 5 and time.monotonic() - start < 0.35 + 0.5
 
 
 @pytest.mark.parametrize("code, error", [
@@ -106,15 +119,40 @@ def test_attempts_are_bounded(scripted):
 ])
 def test_other_codes_are_never_retried(scripted, code, error):
     servicer = Scripted(codes=[code, code, code])
-    sleeps = []
     with pytest.raises(error):
-        client(scripted(servicer), sleeps).get_candidates(REQ)
-    assert servicer.calls == 1 and sleeps == []
+        client(scripted(servicer), max_attempts=5).get_candidates(REQ)
+    assert servicer.calls == 1
+
+
+def test_the_retry_policy_is_grpcs_service_config():
+    config = json.loads(retry_service_config(ClientConfig(max_attempts=4, backoff_initial_s=0.05, backoff_max_s=1.0)))
+    (method,) = config["methodConfig"]
+    assert method["retryPolicy"] == {"maxAttempts": 4, "initialBackoff": "0.050000000s", "maxBackoff": "1.000000000s",
+                                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    assert {(n["service"], n["method"]) for n in method["name"]} == {
+        ("lsc4rec.v1.CandidateService", "GetCandidates"), ("lsc4rec.v1.ModelService", "GetLatestManifest")}
+    # one attempt: no policy at all (gRPC refuses maxAttempts 1)
+    assert "retryPolicy" not in json.loads(retry_service_config(ClientConfig(max_attempts=1)))["methodConfig"][0]
+
+
+@pytest.mark.parametrize("field, value", [("max_attempts", 0), ("max_attempts", 6), ("backoff_initial_s", 0.0),
+                                          ("backoff_initial_s", 2.0)])
+def test_retry_settings_grpc_cannot_honour_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        ClientConfig(**{field: value})
+
+
+def test_a_download_is_never_retried(scripted, tmp_path):
+    manifest = make_artifact(tmp_path / "a", b"0123456789")
+    servicer = Scripted(download_codes=[grpc.StatusCode.UNAVAILABLE])
+    with pytest.raises(CloudUnavailableError):
+        client(scripted(servicer), max_attempts=5).download(manifest, tmp_path / "device")
+    assert servicer.downloads == 1 and list((tmp_path / "device").iterdir()) == []
 
 
 def test_every_call_has_a_deadline(scripted):
     servicer = Scripted(delay_s=1.0)
-    c = client(scripted(servicer), [], timeout_s=0.2)
+    c = client(scripted(servicer), timeout_s=0.2)
     start = time.monotonic()
     with pytest.raises(CloudUnavailableError) as err:
         c.get_candidates(REQ)
@@ -150,8 +188,8 @@ def test_against_real_server_with_token_latest_manifest_and_verified_download(tm
                                  address="127.0.0.1:0", token="tok")
     try:
         with pytest.raises(CloudError, match="UNAUTHENTICATED"):
-            client(f"127.0.0.1:{port}", []).get_candidates(REQ)
-        c = client(f"127.0.0.1:{port}", [], token="tok")
+            client(f"127.0.0.1:{port}").get_candidates(REQ)
+        c = client(f"127.0.0.1:{port}", token="tok")
         assert len(c.get_candidates(REQ).candidates) == 5
         manifest, update = c.latest_manifest(ModelFormat.ONNX, current_version="")
         assert manifest == v1 and update

@@ -1,6 +1,6 @@
 """Fault-test harness: a slow stub generator, a cloud server in a child process, fd/thread counters.
 
-`python -m tests.reliability.harness --port-file F [--address A] [--delay-ms D] [--record R]
+`python -m tests.reliability.harness --port-file F [--address A] [--delay-ms D] [--record R] [--stats S]
 [--token-file T] [--set key=value ...]` serves the real cloud.server (create_server) with a
 popularity generator that sleeps `delay-ms` per batch and, with --record, appends every history it
 is asked about to R (one JSON line per row), so a test can prove which events reached the cloud.
@@ -77,8 +77,9 @@ class ChildServer:
 
     def __init__(self, workdir: Path, address: str = "127.0.0.1:0", delay_ms: float = 0.0,
                  record: Path | None = None, token_file: Path | None = None, overrides: tuple[str, ...] = (),
-                 cli_data: Path | None = None, models: Path | None = None, log_level: str = "INFO"):
-        self.models, self.log_level = models, log_level
+                 cli_data: Path | None = None, models: Path | None = None, log_level: str = "INFO",
+                 stats: Path | None = None):
+        self.models, self.log_level, self.stats = models, log_level, stats
         self.workdir, self.address, self.delay_ms = Path(workdir), address, delay_ms
         self.record, self.token_file, self.overrides, self.cli_data = record, token_file, overrides, cli_data
         self.proc: subprocess.Popen | None = None
@@ -92,6 +93,8 @@ class ChildServer:
             cmd = [sys.executable, "-m", "tests.reliability.harness", "--delay-ms", str(self.delay_ms)]
             if self.record is not None:
                 cmd += ["--record", str(self.record)]
+            if self.stats is not None:
+                cmd += ["--stats", str(self.stats)]
         cmd += ["--address", self.address, "--port-file", str(port_file), "--log-level", self.log_level]
         if self.models is not None:
             cmd += ["--models", str(self.models)]
@@ -158,6 +161,11 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     finally:
         server.stop()
+        if args.stats is not None:  # every attempt that reached the server, retries included
+            import grpc
+
+            counts = {code.name: server.metrics.count("GetCandidates", code.name) for code in grpc.StatusCode}
+            args.stats.write_text(json.dumps({code: int(n) for code, n in counts.items() if n}) + "\n")
     return 0
 
 
@@ -167,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", type=Path, required=True, help="written with the bound port once serving")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="sleep per generator batch")
     parser.add_argument("--record", type=Path, default=None, help="append every history to this JSONL file")
+    parser.add_argument("--stats", type=Path, default=None,
+                        help="on exit, write the GetCandidates attempts the server saw per status code (JSON)")
     parser.add_argument("--models", type=Path, default=None, help="folder of published device artifacts")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token file")
     parser.add_argument("--log-level", default="INFO", help="server logging level")

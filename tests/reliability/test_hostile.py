@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cloud.server import ServerConfig, create_server
 from shared import wire
-from shared.data.formats import READERS
+from shared.data.readers import READERS
 from shared.errors import LSC4RecError
 from shared.records import CandidateRequest
 from shared.rpc import lsc4rec_pb2 as pb
@@ -195,7 +195,7 @@ def _reader_property(name: str, examples: int):
             else:
                 (folder / side_name).write_bytes(side)
         try:
-            events, items = READERS[name](folder / data_name)
+            events, items = READERS.get(name)(folder / data_name)
             rows = list(events)
         except LSC4RecError as exc:
             seen[type(exc).__name__] += 1
@@ -214,7 +214,7 @@ def _reader_property(name: str, examples: int):
 @pytest.mark.parametrize("examples", [DEFAULT_READER_EXAMPLES, pytest.param(EXAMPLES, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_data_readers_raise_only_typed_errors(name, examples):
-    assert set(FILES) == set(READERS)
+    assert set(FILES) == set(READERS.names())
     seen = _reader_property(name, examples)
     print(json.dumps({"figure": "hostile.reader", "reader": name, "examples": sum(seen.values()), **seen}))
     assert sum(seen.values()) == examples

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.data.dataset import RawItem, build_dataset
-from shared.data.formats import READERS, parse_int, split_title_year
+from shared.data.lines import parse_int, split_title_year
+from shared.data.readers import READERS
 from shared.errors import DataFormatError, EmptyDatasetError
 
 FLAGS = ["0"] * 19
@@ -102,7 +103,7 @@ def write_sample(folder: Path, fmt: str, files: dict[str, bytes] | None = None, 
 
 
 def read(path: Path, fmt: str):
-    events, items = READERS[fmt](path)
+    events, items = READERS.get(fmt)(path)
     return list(events), items
 
 
@@ -115,7 +116,7 @@ def test_reader_reads_sample(tmp_path, fmt, gz):
 
 
 def test_all_formats_registered():
-    assert set(READERS) == set(SAMPLES)
+    assert set(READERS.names()) == set(SAMPLES)
 
 
 def test_amazon_accepts_the_reviews_file_and_gz_names(tmp_path):
@@ -142,7 +143,7 @@ def test_amazon_without_meta_and_csv_without_title(tmp_path):
 def test_readers_stream_lazily(tmp_path):
     """The events are a generator: a bad line late in the file surfaces while iterating, after good events."""
     data = SAMPLES["movielens-1m"]["ratings.dat"] + b"3::1::5::oops\n"
-    events, _ = READERS["movielens-1m"](write_sample(tmp_path, "movielens-1m", {"ratings.dat": data}))
+    events, _ = READERS.get("movielens-1m")(write_sample(tmp_path, "movielens-1m", {"ratings.dat": data}))
     assert next(events) == ("1", "1193", 978300760)
     with pytest.raises(DataFormatError):
         list(events)
@@ -215,14 +216,14 @@ def test_k_core_filters_reader_output(tmp_path):
     rows = ["user,item,timestamp"] + [f"u{u},i{i},{10 * u + i}" for u in range(1, 4) for i in range(1, 4)]
     rows += ["u9,i1,1", "u1,i9,2"]  # user u9 and item i9 have one interaction each
     target = write_sample(tmp_path, "csv", {"data.csv": "\n".join(rows).encode()})
-    events, items = READERS["csv"](target)
+    events, items = READERS.get("csv")(target)
     full = build_dataset(events, items)
     assert full.stats() == {"users": 4, "items": 4, "interactions": 11}
-    kept = build_dataset(READERS["csv"](target)[0], items, k_core=2)
+    kept = build_dataset(READERS.get("csv")(target)[0], items, k_core=2)
     assert kept.stats() == {"users": 3, "items": 3, "interactions": 9}
     assert {item.raw_id for item in kept.items} == {"i1", "i2", "i3"}
     with pytest.raises(EmptyDatasetError):
-        build_dataset(READERS["csv"](target)[0], items, k_core=4)
+        build_dataset(READERS.get("csv")(target)[0], items, k_core=4)
 
 
 # Fuzzing: random or mutated input raises DataFormatError or reads cleanly, never anything else -------------------

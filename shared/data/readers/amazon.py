@@ -6,11 +6,11 @@ import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from shared.data.dataset import RawItem
 from shared.data.lines import (INT64_MAX, INT64_MIN, clean_genres, nonempty, parse_int, read_lines, require_file,
                                 short)
+from shared.data.readers import READERS, Events
 from shared.errors import DataFormatError
 
 AMAZON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -72,7 +72,7 @@ AMAZON_2023 = _AmazonSpec("user_id", ("parent_asin", "asin"), "timestamp", 1000,
                           ("categories", "main_category"))
 
 
-def _amazon_events(path: Path, spec: _AmazonSpec) -> Iterator[tuple[str, str, int]]:
+def _amazon_events(path: Path, spec: _AmazonSpec) -> Events:
     for line_no, text in read_lines(path):
         if not text.strip():
             continue
@@ -137,7 +137,7 @@ def _amazon_files(path: Path) -> tuple[Path, list[Path]]:
     return path, named or metas
 
 
-def _read_amazon(path: Path, spec: _AmazonSpec) -> tuple[Iterator[tuple[str, str, int]], dict[str, RawItem]]:
+def _read_amazon(path: Path, spec: _AmazonSpec) -> tuple[Events, dict[str, RawItem]]:
     reviews, metas = _amazon_files(path)
     items: dict[str, RawItem] = {}
     if metas:
@@ -148,13 +148,15 @@ def _read_amazon(path: Path, spec: _AmazonSpec) -> tuple[Iterator[tuple[str, str
     return _amazon_events(reviews, spec), items
 
 
-def read_amazon_2018(path: Path) -> tuple[Iterator[tuple[str, str, int]], dict[str, RawItem]]:
+@READERS.register("amazon-2018")
+def read_amazon_2018(path: Path) -> tuple[Events, dict[str, RawItem]]:
     """Amazon Reviews 2018: a 5-core JSON-lines reviews file (reviewerID, asin, unixReviewTime), or its folder,
     with optional meta_*.json (asin, title, category/main_cat) beside it; .gz read streaming."""
     return _read_amazon(path, AMAZON_2018)
 
 
-def read_amazon_2023(path: Path) -> tuple[Iterator[tuple[str, str, int]], dict[str, RawItem]]:
+@READERS.register("amazon-2023")
+def read_amazon_2023(path: Path) -> tuple[Events, dict[str, RawItem]]:
     """Amazon Reviews 2023: a JSONL reviews file (user_id, parent_asin or asin, timestamp in ms -> seconds), or
     its folder, with optional meta_*.jsonl (parent_asin, title, categories/main_category); .gz streaming."""
     return _read_amazon(path, AMAZON_2023)
