@@ -25,7 +25,7 @@ def register(groups) -> None:
                      help="run the preset once per value (per combination, if repeated) of a fusion or request "
                           "setting (alpha, srm_norm, llm_norm, measure, threshold), sharing one world and its cloud "
                           "lists; writes OUT/KEY=V/ per setting and OUT/sweep.json, and prints each setting's mean "
-                          "fusion NDCG@10 over the consistency budgets, best first (e.g. --sweep alpha=0.2,0.35)")
+                          "fusion NDCG@10 over the budgets of the budget policy, best first (e.g. --sweep alpha=0.2,0.35)")
     sim.add_argument("--quiet", action="store_true", help="no progress bars")
     add_json_flag(sim)
     sim.set_defaults(func=handler("simulator.run", "main"))

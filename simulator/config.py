@@ -1,16 +1,22 @@
 """Simulation config (one frozen dataclass per part), preset lookup, and checks against the data."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from device.runtime.consistency import ALL_MEASURES
+from device.runtime.consistency import MEASURES
+from device.runtime.fusion import LLM_NORMS, SRM_NORMS
+from device.runtime.policies import POLICIES
 from shared.config import check, load_config, resolve_preset as _resolve
-from shared.errors import ConfigError
+from shared.data.splits import min_stream_user_length
 
-POLICIES = ("never", "always", "every-n", "random", "consistency", "consistency-budget")
 FUSIONS = ("llm", "srm", "fusion")
+#: The request policy the report's bars and headline are about (device.runtime.policies.budget), and the grid's
+#: chance baseline for it: random requests at the rate each of its runs realised.
+HEADLINE_POLICY = "budget"
+MATCHED_RANDOM = "random-matched"
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
@@ -71,27 +77,29 @@ class SimConfig:
     # trained without; -1 = none. Its items appear only in the streams; the report splits out their events.
     cold_seed: int = -1
     cold_fraction: float = 0.1
-    policies: tuple[str, ...] = ("never", "always", "every-n", "random", "consistency-budget")
+    # Request policies by their device names (device.runtime.policies.POLICIES): never, always, every, random,
+    # threshold, budget. Those with a request budget run once per entry of `budgets`.
+    policies: tuple[str, ...] = ("never", "always", "every", "random", "budget")
     fusions: tuple[str, ...] = FUSIONS
     budgets: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
     seeds: tuple[int, ...] = (0, 1, 2)
     alpha: float = 0.5  # fusion weight of the LLM side
-    # How each side's scores enter fusion (device.runtime.fusion): the SRM's as "sigmoid" - 0.5, "rank" or raw "logit";
-    # the LLM's as "rank" -(j+1)/N or "logprob" (its sequence log-probabilities). "logprob" + "logit" is a
-    # weighted product of the two models' probabilities.
-    srm_norm: Literal["sigmoid", "rank", "logit"] = "sigmoid"
-    llm_norm: Literal["rank", "logprob"] = "rank"
-    threshold: float = 30.0  # the fixed threshold of the plain "consistency" policy
-    # Inconsistency score of the consistency policies: an order measure of device.runtime.consistency.MEASURES
-    # (lsc4rec = the reference's footrule + (4 + 0.3 Z)^2), or "regret" (catalogue_regret: the SRM's
-    # top-K belief over the whole catalogue that the cached list misses).
+    # How each side's scores enter fusion, by the device's names (device.runtime.fusion.SRM_NORMS / LLM_NORMS): the
+    # SRM's as "prob" (sigmoid - 0.5), "rank" or raw "logit"; the LLM's as "rank" -(j+1)/N, "softmax" or "logprob"
+    # (its sequence log-probabilities). "logprob" + "logit" is a weighted product of the two models' probabilities.
+    srm_norm: str = "prob"
+    llm_norm: str = "rank"
+    threshold: float = 30.0  # the fixed threshold of the "threshold" policy
+    # Inconsistency score of the threshold and budget policies, a name of device.runtime.consistency.MEASURES:
+    # an order measure (lsc4rec = the reference's footrule + (4 + 0.3 Z)^2), or "regret" (catalogue_regret: the
+    # SRM's top-K belief over the whole catalogue that the cached list misses).
     measure: str = "lsc4rec"
-    # consistency-budget: "threshold" = one threshold per budget from the calibration replay;
-    # "adaptive" = device.runtime.policy.Budget shared by the fleet, warm-started with the calibration replay's
-    # scores and steered online to the budget (its realised rate follows the budget when the stream's
+    # budget: "threshold" = one threshold per budget from the calibration replay, kept fixed;
+    # "adaptive" = device.runtime.policies.budget.Budget shared by the fleet, warm-started with the calibration
+    # replay's scores and steered online to the budget (its realised rate follows the budget when the stream's
     # scores drift from the calibration's).
     budget_mode: Literal["threshold", "adaptive"] = "threshold"
-    matched_random: bool = True  # add random requests at each consistency run's realised rate
+    matched_random: bool = True  # add random requests at each budget run's realised rate ("random-matched")
     # Policies without randomness give the same slates for every seed when the network drops nothing:
     # run them for the first seed only (random policies still run for every seed).
     deterministic_once: bool = True
@@ -118,18 +126,20 @@ class SimConfig:
         check(self.cold_seed >= -1, "cold_seed", self.cold_seed, "must be -1 (no cold items) or a cold draw >= 0")
         check(0 < self.cold_fraction < 1, "cold_fraction", self.cold_fraction, "must be in (0, 1)")
         for p in self.policies:
-            check(p in POLICIES, "policies", p, f"unknown policy (known: {', '.join(POLICIES)})")
+            check(p in POLICIES, "policies", p, f"unknown policy (known: {', '.join(POLICIES.names())})")
         for f in self.fusions:
             check(f in FUSIONS, "fusions", f, f"unknown fusion (known: {', '.join(FUSIONS)})")
         for b in self.budgets:
             check(0 < b <= 1, "budgets", b, "a request budget is a rate in (0, 1]")
         check(len(self.seeds) >= 1, "seeds", self.seeds, "give at least one seed")
         check(0 <= self.alpha <= 1, "alpha", self.alpha, "must be in [0, 1]")
-        check(self.srm_norm in ("sigmoid", "rank", "logit"), "srm_norm", self.srm_norm,
-              "must be sigmoid, rank or logit")
-        check(self.llm_norm in ("rank", "logprob"), "llm_norm", self.llm_norm, "must be rank or logprob")
-        check(self.measure in ALL_MEASURES, "measure", self.measure,
-              f"unknown measure (known: {', '.join(ALL_MEASURES)})")
+        check(self.srm_norm in SRM_NORMS, "srm_norm", self.srm_norm,
+              f"unknown SRM norm (known: {', '.join(SRM_NORMS.names())})")
+        check(self.llm_norm in LLM_NORMS, "llm_norm", self.llm_norm,
+              f"unknown LLM norm (known: {', '.join(LLM_NORMS.names())})")
+        check(math.isfinite(self.threshold), "threshold", self.threshold, "must be finite")
+        check(self.measure in MEASURES, "measure", self.measure,
+              f"unknown measure (known: {', '.join(MEASURES.names())})")
         check(self.budget_mode == "threshold" or all(b < 1 for b in self.budgets), "budgets", self.budgets,
               "an adaptive budget is a rate in (0, 1)")
         check(self.calibration_iters >= 1, "calibration_iters", self.calibration_iters, "must be >= 1")
@@ -154,8 +164,6 @@ def load_sim_config(preset: str | None, overrides: list[str] | None = None) -> S
 
 def check_against_data(config: SimConfig, sequences: list, num_items: int) -> None:
     """Refuse parameters the data cannot support, before any work (names the key and value)."""
-    from shared.data.splits import min_stream_user_length
-
     need = min_stream_user_length(config.stream_length, config.cloud_lag)
     longest = max((len(s) for s in sequences), default=0)
     check(longest >= need, "stream_length", config.stream_length,

@@ -1,54 +1,19 @@
 """Builds the real device.runtime.session.DeviceSession for each simulated user; a memoising reranker shared by all."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
+from device.runtime.fusion import FusionConfig
+from device.runtime.policies import Policy, PolicySpec  # noqa: F401 (PolicySpec: imported from here by
+# tests/reliability/test_sim_outage.py and benchmarks/bench_sim.py; new code imports device.runtime.policies)
+from device.runtime.session import DeviceSession, SessionConfig
 from shared.errors import InvalidArgumentError
 from shared.sequences import pad_left
 
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """A request policy of the grid: never, always, every-n (n), random (rate), consistency (threshold),
-    budget (the top `rate` fraction of scores, steered online to the rate; `calibration` warm-starts it)."""
-
-    name: str
-    rate: float = 0.0
-    n: int = 1
-    threshold: float = float("inf")
-    seed: int = 0
-    calibration: tuple[float, ...] = ()
-
-    @property
-    def fleet_state(self) -> bool:
-        """The policy object is shared and stateful (decisions depend on other devices' earlier events)."""
-        return self.name == "budget"
-
-    def label(self) -> str:
-        return {"every-n": f"every-{self.n}", "random": f"random@{self.rate:.3f}",
-                "consistency": f"consistency>={self.threshold:.3f}",
-                "budget": f"budget@{self.rate:.3f}"}.get(self.name, self.name)
-
-    def build(self):
-        """The device runtime's policy object (stateless ones may be shared by every session)."""
-        from device.runtime import policy as p
-
-        if self.name == "never":
-            return p.Never()
-        if self.name == "always":
-            return p.Always()
-        if self.name == "every-n":
-            return p.EveryN(self.n)
-        if self.name == "random":
-            return p.RandomRate(min(max(self.rate, 0.0), 1.0), self.seed)
-        if self.name == "consistency":
-            return p.Threshold(self.threshold) if np.isfinite(self.threshold) else p.Never()
-        if self.name == "budget":  # ONE stateful policy shared by the fleet (see device.runtime.policy.Budget)
-            return p.Budget(self.rate, self.calibration or None, adapt=True, seed=self.seed)
-        raise InvalidArgumentError("policy", self.name, "unknown policy")
+MAX_REQUEST_HISTORY = 1024  # history a device sends (the server accepts up to ServerConfig.max_history = 1024)
 
 
 class _Manifest:
@@ -105,8 +70,6 @@ class MemoReranker:
 
     def warm(self, histories: list[np.ndarray], batch: int = 64, progress: bool = False) -> None:
         """Fill the memo for many histories with batched calls."""
-        from tqdm import tqdm
-
         padded = pad_left(histories, self.history_length)
         todo = list({row.tobytes(): row for row in padded if (self.version, row.tobytes()) not in self.memo}.values())
         for start in tqdm(range(0, len(todo), batch), desc="SRM scores", unit="batch", disable=not progress):
@@ -128,24 +91,22 @@ class MemoReranker:
         return worst
 
 
-def fusion_config(fusion: str, alpha: float, srm_norm: str, llm_norm: str = "rank"):
-    """The device's FusionConfig for one of the grid's fusions (`srm_norm` "sigmoid" is the device's "prob")."""
-    from device.runtime.fusion import FusionConfig
+def fusion_config(fusion: str, alpha: float, srm_norm: str, llm_norm: str = "rank") -> FusionConfig:
+    """The device's FusionConfig for one of the grid's fusions ("llm", "srm" or "fusion" with the config's weights).
 
+    "fusion" at alpha 0.5 with the rank and prob norms is the reference rule (LSC4Rec's), which is what runs then.
+    """
     if fusion in ("llm", "srm"):
         return FusionConfig(rule=fusion)
-    if alpha == 0.5 and srm_norm == "sigmoid" and llm_norm == "rank":
+    if alpha == 0.5 and srm_norm == "prob" and llm_norm == "rank":
         return FusionConfig(rule="reference")
-    return FusionConfig(rule="linear", alpha=alpha, llm_norm=llm_norm,
-                        srm_norm="prob" if srm_norm == "sigmoid" else srm_norm)
+    return FusionConfig(rule="linear", alpha=alpha, llm_norm=llm_norm, srm_norm=srm_norm)
 
 
-def make_session(user: int, past: np.ndarray, initial, reranker: MemoReranker, policy, fusion, slate_size: int,
-                 num_candidates: int, now_ms: Callable[[], float], measure: str = "lsc4rec"):
+def make_session(user: int, past: np.ndarray, initial, reranker: MemoReranker, policy: Policy, fusion: FusionConfig,
+                 slate_size: int, num_candidates: int, now_ms: Callable[[], float],
+                 measure: str = "lsc4rec") -> DeviceSession:
     """One user's DeviceSession in driven mode (no source: the simulator answers its requests)."""
-    from device.runtime.session import DeviceSession, SessionConfig
-    from simulator.engine import MAX_REQUEST_HISTORY
-
     config = SessionConfig(user_id=str(int(user)), slate_size=slate_size, num_candidates=num_candidates,
                            fusion=fusion, backoff_initial_ms=1000.0, backoff_max_ms=60000.0,
                            max_request_history=MAX_REQUEST_HISTORY, measure=measure, overlap_k=slate_size)

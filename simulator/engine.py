@@ -1,16 +1,19 @@
 """Protocol B replay on a virtual clock: one simulated device per user, events in global time order."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from device.runtime.policies import Policy, PolicySpec
+from shared.errors import UnavailableError
 from shared.records import CandidateRequest
 from simulator.cloud_link import CandidateSource, wire_bytes
+from simulator.device_adapter import MAX_REQUEST_HISTORY, fusion_config, make_session
 from simulator.network import Delivery, NetworkModel
-from shared.errors import UnavailableError
 
 ROW_FIELDS = ("user", "step", "ts", "target", "rank", "requested", "reason", "delivered", "stale",
               "score", "latency_ms", "bytes_up", "bytes_down", "model")
@@ -90,9 +93,6 @@ class _Pending:
     request_bytes: int = 0
 
 
-MAX_REQUEST_HISTORY = 1024  # history a device sends (the server accepts up to ServerConfig.max_history = 1024)
-
-
 class Replay:
     """Runs one policy x fusion x seed over the streams; the cloud answers through `source`.
 
@@ -103,15 +103,13 @@ class Replay:
     """
 
     def __init__(self, streams: Streams, source: CandidateSource, reranker, *, num_candidates: int,
-                 slate_size: int, alpha: float = 0.5, srm_norm: str = "sigmoid", llm_norm: str = "rank",
+                 slate_size: int, alpha: float = 0.5, srm_norm: str = "prob", llm_norm: str = "rank",
                  network: NetworkModel | None = None, deliver: str = "next-step",
-                 retrain: tuple[int, Callable] | None = None, progress: bool = True,
-                 span: tuple[float, float] | None = None, num_items: int = 0, measure: str = "lsc4rec"):
+                 retrain: tuple[int, Callable] | None = None, progress: bool = True, measure: str = "lsc4rec"):
         self.s, self.source, self.reranker = streams, source, reranker
         self.n, self.k, self.alpha, self.srm_norm, self.llm_norm = num_candidates, slate_size, alpha, srm_norm, llm_norm
         self.network, self.deliver, self.retrain, self.progress = network, deliver, retrain, progress
-        self.span = span or streams.span
-        self.num_items, self.measure = num_items, measure
+        self.measure = measure
         self.unsent: list[tuple[int, _Pending]] = []  # delivered requests not yet sent to the cloud
         self.updates: list[dict] = []  # model versions published during the last run
         self.clock_ms = 0.0  # the virtual clock every session reads
@@ -122,16 +120,14 @@ class Replay:
                                  request_id=f"{int(u)}-init") for u, h in zip(self.s.users, self.s.cloud_seen)]
         return self.source.fetch(reqs)
 
-    def sessions(self, policy, fusion: str, initial: list) -> list:
-        from simulator.device_adapter import fusion_config, make_session
-
+    def sessions(self, policy: Policy, fusion: str, initial: list) -> list:
+        """One session per user, all holding `policy` (one object: a fleet-wide policy sees every device)."""
         fusion_cfg = fusion_config(fusion, self.alpha, self.srm_norm, self.llm_norm)
-        shared = policy.build()
-        return [make_session(int(user), past, initial[u], self.reranker, shared, fusion_cfg, self.k, self.n,
+        return [make_session(int(user), past, initial[u], self.reranker, policy, fusion_cfg, self.k, self.n,
                              lambda: self.clock_ms, self.measure)
                 for u, (user, past) in enumerate(zip(self.s.users, self.s.past))]
 
-    def run(self, policy, fusion: str, seed: int, initial: list | None = None) -> RunResult:
+    def run(self, spec: PolicySpec, fusion: str, seed: int, initial: list | None = None) -> RunResult:
         """Replay every stream event; rows come back in global time order.
 
         Without re-training the users are independent (a device depends only on its own events and
@@ -145,6 +141,7 @@ class Replay:
         s = self.s
         initial = initial if initial is not None else self.initial_lists()
         self.updates, self.unsent = [], []
+        policy = spec.build()  # a fresh object per run: a stateful policy starts anew
         sessions = self.sessions(policy, fusion, initial)
         self._rows = {f: [] for f in ROW_FIELDS}
         pending: dict[int, _Pending] = {}
@@ -167,7 +164,7 @@ class Replay:
         self._flush(pending, answers)  # the last requests still travel (bytes counted, lists unused)
         rows = {k: np.asarray(v) for k, v in self._rows.items()}
         order = np.lexsort((rows["step"], rows["user"], rows["ts"]))  # global time order, as s.order
-        return RunResult({"policy": policy.name, "label": policy.label(), "fusion": fusion, "seed": seed},
+        return RunResult({"policy": spec.name, "label": policy.label(), "fusion": fusion, "seed": seed},
                          {k: v[order] for k, v in rows.items()})
 
     def _event(self, u: int, t: int, sess, pending: dict, answers: dict) -> None:
@@ -197,8 +194,6 @@ class Replay:
 
     def _retrain(self, count: int, ts: float, sessions: list) -> None:
         """Fine-tune on everything the devices have seen so far; every device uses the new version next."""
-        import time
-
         began = time.perf_counter()
         model, size = self.retrain[1]([np.asarray(x.history, dtype=np.int64) for x in sessions])
         self.reranker.set_model(model)

@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from device.runtime.consistency import MEASURES
+from device.runtime.policies import POLICIES, Calibration, PolicySpec
 from shared.config import to_dict
+from shared.data.cold import draw_cold_items, item_counts, recorded_draw
+from shared.data.dataset import load_dataset
 from shared.errors import ConfigError
+from shared.records import CandidateRequest
 from shared.sequences import pad_left
 from simulator.cloud_link import GeneratorSource, MemoSource
-from simulator.config import SimConfig, check_against_data
+from simulator.config import MATCHED_RANDOM, SimConfig, check_against_data
+from simulator.device_adapter import MAX_REQUEST_HISTORY, MemoReranker
 from simulator.engine import Replay, RunResult, Streams, build_streams
-from shared.data.cold import item_counts
 from simulator.figures import POPULARITY, by_popularity, device_only_ranks, summarize
-from simulator.device_adapter import MemoReranker, PolicySpec
-from simulator.engine import MAX_REQUEST_HISTORY
 from simulator.models import load_generator, load_reranker
 from simulator.network import NetworkModel
 
@@ -38,8 +41,6 @@ class World:
 
 def load_world(config: SimConfig, source=None, generator=None, reranker=None, dataset=None) -> World:
     """Check the config against the data first, then load models (stand-ins when no folder is given)."""
-    from shared.data.dataset import load_dataset
-
     dataset = dataset if dataset is not None else load_dataset(Path(config.data))
     check_against_data(config, dataset.sequences(), dataset.num_items)
     streams = build_streams(dataset, config.stream_length, config.cloud_lag, config.max_users)
@@ -62,8 +63,7 @@ def make_replay(world: World, streams: Streams | None = None, seed: int = 0, ret
     return Replay(streams, world.source, world.scorer, num_candidates=cfg.num_candidates,
                   slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, llm_norm=cfg.llm_norm,
                   network=network,
-                  deliver=cfg.network.deliver, retrain=retrain, progress=progress, span=span,
-                  num_items=world.dataset.num_items, measure=cfg.measure)
+                  deliver=cfg.network.deliver, retrain=retrain, progress=progress, measure=cfg.measure)
 
 
 def _hist(seq) -> tuple[int, ...]:
@@ -74,10 +74,6 @@ def warm(world: World, streams: Streams | None = None, progress: bool = True) ->
     """In-process only: generate every list a replay can ask for (each history prefix) in big batches,
     and score the catalogue for every history a device can hold. Protocol B fixes both sets, so every
     run of the grid afterwards is lookups; results equal computing on demand (checked for the SRM)."""
-    from tqdm import tqdm
-
-    from shared.records import CandidateRequest
-
     cfg, s = world.config, streams if streams is not None else world.streams
     reqs, hists = [], []
     for user, seen, past, items in zip(s.users, s.cloud_seen, s.past, s.items):
@@ -98,7 +94,7 @@ def warm(world: World, streams: Streams | None = None, progress: bool = True) ->
 
 
 def calibrate(world: World, budgets, progress: bool = True) -> dict[float, dict]:
-    """Thresholds of consistency-under-budget from a calibration replay on the past (no stream event).
+    """Thresholds of the budget policy from a calibration replay on the past (no stream event).
 
     The stream is moved S items back, so calibration sees only interactions before every live event.
     Every inconsistency score a device can meet there is tabulated once (user, step, age of its list);
@@ -154,12 +150,9 @@ def calibrate(world: World, budgets, progress: bool = True) -> dict[float, dict]
 def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user: scores[t, k] = inconsistency after revealing step t when the cached list came from the
     request after step k (k = 0: the initial list); forced[t, k] = fewer than K candidates remain.
-    Computed with the device runtime's own measures, as DeviceSession does."""
-    from device.runtime.consistency import CATALOGUE_MEASURES, catalogue_regret, inconsistency_of_permutation
-    from device.runtime.fusion import srm_order
-    from shared.records import CandidateRequest
-
+    Scored by the device runtime's `Measure`, the very code a DeviceSession scores with after each event."""
     cfg = world.config
+    measure = MEASURES.get(cfg.measure, field="measure")
     table = []
     for u, user in enumerate(pseudo.users):
         past, items, seen = pseudo.past[u], pseudo.items[u], pseudo.cloud_seen[u]
@@ -175,73 +168,72 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
             consumed[items[t]] = True
             hist = np.concatenate([past, items[:t + 1]])
             table_row = world.scorer.catalogue_scores(pad_left([hist], world.scorer.history_length))[0]
+            if measure.needs_catalogue:  # float64 logits by id (id 0: padding); what may still be shown
+                logits = np.where(np.isfinite(table_row), table_row, 0.0).astype(np.float64)
+                showable = ~consumed
+                showable[0] = False
             for k in range(t + 1):
                 cands = lists[k]
                 alive = cands[~consumed[cands]]
                 if alive.size == 0:
                     forced[t, k] = True
                     continue
-                if cfg.measure in CATALOGUE_MEASURES:
-                    scores[t, k] = catalogue_regret(np.where(np.isfinite(table_row), table_row, 0.0), alive,
-                                                    np.concatenate([past, items[:t + 1]]), cfg.slate_size)
+                if measure.needs_catalogue:
+                    scores[t, k] = measure.of_catalogue(logits, alive, showable, cfg.slate_size)
                 else:
-                    scores[t, k] = inconsistency_of_permutation(
-                        cfg.measure, srm_order(table_row[alive].astype(np.float64)),
-                        num_invalid=max(cfg.num_candidates - alive.size, 0), k=cfg.slate_size)
+                    scores[t, k] = measure.of_list(table_row[alive].astype(np.float64),
+                                                   num_invalid=max(cfg.num_candidates - alive.size, 0),
+                                                   k=cfg.slate_size)
                 forced[t, k] = alive.size < cfg.slate_size
         table.append((scores, forced))
     return table
 
 
 def plan(config: SimConfig) -> list[dict]:
-    """The grid, in the order it runs; 'random-matched' rows take the rate of the consistency run before."""
+    """The grid, in the order it runs; "random-matched" rows take the rate of the calibrated run before them.
+
+    Each policy runs once per seed and fusion, or once per budget if it is `budgeted`; a policy whose decisions
+    are not random draws (`per_seed` False) runs for the first seed only when the network drops nothing.
+    """
     runs = []
     net = config.network
     once = config.deterministic_once and net.loss == 0 and not net.outages
     for seed in config.seeds:
         for fusion in config.fusions:
-            for policy in config.policies:
-                if once and seed != config.seeds[0] and policy != "random":
-                    if policy == "consistency-budget" and config.matched_random:
-                        runs += [{"policy": "random-matched", "fusion": fusion, "seed": seed, "budget": b}
-                                 for b in config.budgets]
+            for name in config.policies:
+                policy = POLICIES.get(name, field="policies")
+                twins = policy.calibrated and config.matched_random
+                budgets = config.budgets if policy.budgeted else (None,)
+                if once and seed != config.seeds[0] and not policy.per_seed:
+                    if twins:  # random requests do differ by seed
+                        runs += [{"policy": MATCHED_RANDOM, "fusion": fusion, "seed": seed, "budget": b}
+                                 for b in budgets]
                     continue
-                if policy in ("never", "always"):
-                    runs.append({"policy": policy, "fusion": fusion, "seed": seed, "budget": None})
-                elif policy == "consistency":
-                    runs.append({"policy": policy, "fusion": fusion, "seed": seed, "budget": None})
-                else:
-                    for budget in config.budgets:
-                        runs.append({"policy": policy, "fusion": fusion, "seed": seed, "budget": budget})
-                        if policy == "consistency-budget" and config.matched_random:
-                            runs.append({"policy": "random-matched", "fusion": fusion, "seed": seed,
-                                         "budget": budget})
+                for budget in budgets:
+                    runs.append({"policy": name, "fusion": fusion, "seed": seed, "budget": budget})
+                    if twins:
+                        runs.append({"policy": MATCHED_RANDOM, "fusion": fusion, "seed": seed, "budget": budget})
     for run in runs:
         budget = "" if run["budget"] is None else f"-b{round(run['budget'] * 100):02d}"
         run["id"] = f"{run['policy']}-{run['fusion']}{budget}-s{run['seed']}"
     return runs
 
 
-def policy_for(run: dict, config: SimConfig, thresholds: dict, done: dict) -> PolicySpec:
-    name, budget = run["policy"], run["budget"]
-    if name == "every-n":
-        return PolicySpec("every-n", n=max(1, int(round(1 / budget))))
-    if name == "random":
-        return PolicySpec("random", rate=budget, seed=run["seed"])
-    if name == "consistency":
-        return PolicySpec("consistency", threshold=config.threshold)
-    if name == "consistency-budget" and config.budget_mode == "adaptive":
-        return PolicySpec("budget", rate=budget, seed=run["seed"],
-                          calibration=tuple(thresholds[budget]["score_percentiles"]))
-    if name == "consistency-budget":
-        return PolicySpec("consistency", threshold=thresholds[budget]["threshold"])
-    if name == "random-matched":
-        twin_id = run["id"].replace("random-matched", "consistency-budget", 1)
+def policy_for(run: dict, config: SimConfig, calibration: dict, done: dict) -> PolicySpec:
+    """The policy of one planned run: its budget and seed, the config's fixed threshold, and for a calibrated
+    policy what the calibration replay found for its budget; a "random-matched" run takes its twin's realised rate."""
+    name, budget, seed = run["policy"], run["budget"], run["seed"]
+    if name == MATCHED_RANDOM:  # the twin: the grid's calibrated policy (the built-in one is "budget")
+        twin = next(p for p in config.policies if POLICIES.get(p).calibrated)
+        twin_id = run["id"].replace(MATCHED_RANDOM, twin, 1)
         if twin_id not in done:  # deterministic twin run for the first seed only
             twin_id = twin_id.rsplit("-s", 1)[0] + f"-s{config.seeds[0]}"
-        twin = done[twin_id]
-        return PolicySpec("random", rate=twin["request_rate"], seed=run["seed"])
-    return PolicySpec(name)
+        return PolicySpec("random", rate=done[twin_id]["request_rate"], seed=seed)
+    found = None
+    if POLICIES.get(name, field="policies").calibrated:
+        cal = calibration[budget]
+        found = Calibration(cal["threshold"], tuple(cal["score_percentiles"]), config.budget_mode == "adaptive")
+    return PolicySpec(name, rate=budget, seed=seed, threshold=config.threshold, calibration=found)
 
 
 def run_one(world: World, run: dict, policy: PolicySpec, initial, retrain=None, progress=True) -> RunResult:
@@ -269,8 +261,6 @@ def device_only(world: World) -> dict:
 
 def cold_items(world: World) -> np.ndarray:
     """Protocol C's cold draw of the world's config (empty without one)."""
-    from shared.data.cold import draw_cold_items
-
     config = world.config
     if config.cold_seed < 0:
         return np.zeros(0, dtype=np.int64)
@@ -286,8 +276,6 @@ def training_counts(world: World) -> np.ndarray:
 
 def check_cold_models(config: SimConfig) -> None:
     """Protocol C: the LLM and the SRM must have been trained without this cold draw, or its items leak."""
-    from shared.data.cold import recorded_draw
-
     if config.llm:
         trained = json.loads((Path(config.llm) / "config.json").read_text())["train"]
         recorded_draw("cold-stream", config.cold_seed, config.cold_fraction, trained, f"llm {config.llm}")
@@ -318,7 +306,3 @@ def _jsonable(value):
 
 def config_record(config: SimConfig) -> dict:
     return to_dict(config)
-
-
-def now() -> float:
-    return time.perf_counter()

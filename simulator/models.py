@@ -6,6 +6,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from device.runtime.artifact import load_reranker as load_device
 from shared.generator import PopularityGenerator
 
 
@@ -60,8 +61,6 @@ def load_reranker(folder: str, fmt: str, dataset, past: Sequence[np.ndarray]):
     """The exported SRM through the device runtime (manifest verified), or the Markov stand-in."""
     if not folder:
         return MarkovReranker(dataset.num_items).fit(past)
-    from device.runtime.artifact import load_reranker as load_device
-
     path = Path(folder)
     sub = path / fmt
     if (sub / "manifest.json").is_file():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.config import HEADLINE_POLICY, MATCHED_RANDOM
+
 
 def _plt():
     import matplotlib
@@ -32,12 +34,12 @@ def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, lege
 def ndcg_vs_rate(agg: list[dict], device_only: dict | None, path: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {("consistency-budget", "fusion"): ("tab:blue", "-", "consistency, fusion"),
-              ("random-matched", "fusion"): ("tab:blue", "--", "random, fusion"),
-              ("consistency-budget", "srm"): ("tab:orange", "-", "consistency, SRM only"),
-              ("random-matched", "srm"): ("tab:orange", "--", "random, SRM only"),
-              ("consistency-budget", "llm"): ("tab:green", "-", "consistency, LLM only"),
-              ("random-matched", "llm"): ("tab:green", "--", "random, LLM only")}
+    styles = {(HEADLINE_POLICY, "fusion"): ("tab:blue", "-", "consistency, fusion"),
+              (MATCHED_RANDOM, "fusion"): ("tab:blue", "--", "random, fusion"),
+              (HEADLINE_POLICY, "srm"): ("tab:orange", "-", "consistency, SRM only"),
+              (MATCHED_RANDOM, "srm"): ("tab:orange", "--", "random, SRM only"),
+              (HEADLINE_POLICY, "llm"): ("tab:green", "-", "consistency, LLM only"),
+              (MATCHED_RANDOM, "llm"): ("tab:green", "--", "random, LLM only")}
     drawn = False
     for (policy, fusion), (color, ls, label) in styles.items():
         rows = sorted((r for r in agg if r["policy"] == policy and r["fusion"] == fusion and not r["retrain"]),
@@ -87,12 +89,14 @@ def bytes_per_event(agg: list[dict], path: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for policy, marker in (("consistency-budget", "o"), ("consistency", "D"), ("random-matched", "s"), ("random", "^"),
-                           ("every-n", "v"), ("always", "*"), ("never", "x")):
+    markers = {HEADLINE_POLICY: "o", "threshold": "D", MATCHED_RANDOM: "s", "random": "^", "every": "v", "always": "*",
+               "never": "x"}
+    present = {r["policy"] for r in rows}
+    for policy in [p for p in markers if p in present] + sorted(present - set(markers)):  # others: a plain marker
         sel = [r for r in rows if r["policy"] == policy]
-        if sel:
-            ax.scatter([r["request_rate"] for r in sel],
-                       [r["bytes_up_per_event"] + r["bytes_down_per_event"] for r in sel], marker=marker, label=policy)
+        ax.scatter([r["request_rate"] for r in sel],
+                   [r["bytes_up_per_event"] + r["bytes_down_per_event"] for r in sel], marker=markers.get(policy, "P"),
+                   label=policy)
     return _finish(plt, fig, ax, path, "realised request rate", "bytes on the wire per event (up + down)", "Traffic per user event")
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from device.runtime.policies import PolicySpec
+from shared.config import from_dict, to_dict
 from shared.ray_backend import start_ray
+from simulator.config import SimConfig
 from simulator.engine import ROW_FIELDS, RunResult
+from simulator.experiments import load_world, make_replay
 from simulator.figures import summarize
 
 
-def _shard_rows(config_dict: dict, run: dict, policy, user_index: list[int]) -> dict:
+def _shard_rows(config_dict: dict, run: dict, policy: PolicySpec, user_index: list[int]) -> dict:
     """Worker side: load the world (cached per process), replay one shard of users, return its rows."""
-    from shared.config import from_dict
-    from simulator.config import SimConfig
-    from simulator.experiments import load_world, make_replay
-
     global _WORLD
     key = repr(sorted(config_dict.items()))
     if "_WORLD" not in globals() or _WORLD[0] != key:
@@ -31,10 +31,8 @@ def _shard_rows(config_dict: dict, run: dict, policy, user_index: list[int]) -> 
     return replay.run(policy, run["fusion"], run["seed"]).rows
 
 
-def run_sharded(world, config, run: dict, policy) -> RunResult:
+def run_sharded(world, config, run: dict, policy: PolicySpec) -> RunResult:
     """Split the users into `ray_workers` shards, replay them on Ray, merge rows in global time order."""
-    from shared.config import to_dict
-
     ray = start_ray(config.ray_address)
     remote = ray.remote(_shard_rows)
     shards = [list(map(int, s)) for s in np.array_split(np.arange(len(world.streams.users)), config.ray_workers)]
@@ -43,8 +41,8 @@ def run_sharded(world, config, run: dict, policy) -> RunResult:
     rows = {f: np.concatenate([p[f] for p in parts]) for f in ROW_FIELDS}
     order = np.lexsort((rows["step"], rows["user"], rows["ts"]))  # the local backend's global order
     rows = {f: v[order] for f, v in rows.items()}
-    result = RunResult({"policy": policy.name, "label": policy.label(), "fusion": run["fusion"], "seed": run["seed"]},
-                       rows)
+    result = RunResult({"policy": policy.name, "label": policy.build().label(), "fusion": run["fusion"],
+                        "seed": run["seed"]}, rows)
     result.summary = summarize(rows, config.slate_size)
     result.summary["model_updates"] = []
     return result

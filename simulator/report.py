@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from device.runtime.consistency import MEASURES
+from device.runtime.fusion import LLM_NORMS, SRM_NORMS
+from simulator import plots
+from simulator.config import HEADLINE_POLICY, MATCHED_RANDOM
 from simulator.figures import PER_USER, POPULARITY, paired_difference
 
 METRIC = "ndcg@10"
@@ -21,6 +25,10 @@ slate from its cached list minus consumed items; (2) HR/NDCG/MRR@K are taken on 
 the true item; (3) the item is revealed and appended to the device history; (4) the policy decides
 whether to request a fresh list (generated from the history up to t) for the next step.
 Request rate = requests after session start / steps. A target outside the slate is a miss."""
+
+
+#: Order of the results table's rows: the baselines, the budget policy and its random twin; any other policy after.
+_POLICY_ORDER = ("never", "always", "every", "random", "threshold", HEADLINE_POLICY, MATCHED_RANDOM)
 
 
 def _key(run: dict) -> tuple:
@@ -66,7 +74,7 @@ def evaluate_bars(metrics: dict) -> dict:
     bars = {}
     per_budget, paired, met = {}, {}, True
     for budget in BAR_BUDGETS:
-        c, r = _find(agg, "consistency-budget", "fusion", budget), _find(agg, "random-matched", "fusion", budget)
+        c, r = _find(agg, HEADLINE_POLICY, "fusion", budget), _find(agg, MATCHED_RANDOM, "fusion", budget)
         if c is None or r is None:
             met = None if met is not False else met
             continue
@@ -76,7 +84,7 @@ def evaluate_bars(metrics: dict) -> dict:
         met = met and c[METRIC] > r[METRIC] if met is not None else met
     bars["consistency_beats_chance"] = {"met": met if len(per_budget) == len(BAR_BUDGETS) else None,
                                         "figures": per_budget, "paired": paired}
-    fus, llm, srm = (_find(agg, "consistency-budget", f, 0.2) for f in ("fusion", "llm", "srm"))
+    fus, llm, srm = (_find(agg, HEADLINE_POLICY, f, 0.2) for f in ("fusion", "llm", "srm"))
     dev = metrics.get("device_only")
     if fus and llm and srm and dev:
         figs = {"fusion": fus[METRIC], "llm_only": llm[METRIC], "srm_only": srm[METRIC], "device_only": dev[METRIC]}
@@ -115,9 +123,9 @@ def _fmt(value, digits=4) -> str:
 def results_table(agg: list[dict], device_only: dict | None) -> list[str]:
     lines = ["| policy | fusion | budget | seeds | request rate | HR@10 | NDCG@10 (± sd) | MRR@10 | stale slates "
              "| bytes up/ev | bytes down/ev | latency p50 ms |", "|" + "---|" * 12]
-    order = {"never": 0, "always": 1, "every-n": 2, "random": 3, "consistency": 4, "consistency-budget": 5,
-             "random-matched": 6}
-    for row in sorted(agg, key=lambda r: (r["retrain"], r["fusion"], order.get(r["policy"], 9), r["budget"] or 0)):
+    order = {name: n for n, name in enumerate(_POLICY_ORDER)}
+    for row in sorted(agg, key=lambda r: (r["retrain"], r["fusion"], order.get(r["policy"], len(order)),
+                                          r["budget"] or 0)):
         budget = "-" if row["budget"] is None else f"{row['budget']:.0%}"
         name = row["policy"] + (" + retrain" if row["retrain"] else "")
         lines.append(f"| {name} | {row['fusion']} | {budget} | {row['seeds']} | {_fmt(row['request_rate'], 3)} | "
@@ -156,10 +164,10 @@ def _headline(metrics: dict) -> list[dict]:
     agg = metrics.get("aggregate", [])
     rows = []
     for policy, fusion, budget, name in (
-            ("consistency-budget", "fusion", 0.2, "fusion + consistency requests (20% budget)"),
-            ("random-matched", "fusion", 0.2, "fusion + random requests (same rate)"),
-            ("consistency-budget", "srm", 0.2, "SRM re-rank only + consistency (20%)"),
-            ("consistency-budget", "llm", 0.2, "LLM order only + consistency (20%)"),
+            (HEADLINE_POLICY, "fusion", 0.2, "fusion + consistency requests (20% budget)"),
+            (MATCHED_RANDOM, "fusion", 0.2, "fusion + random requests (same rate)"),
+            (HEADLINE_POLICY, "srm", 0.2, "SRM re-rank only + consistency (20%)"),
+            (HEADLINE_POLICY, "llm", 0.2, "LLM order only + consistency (20%)"),
             ("always", "llm", None, "LLM order only, request every event"),
             ("always", "fusion", None, "fusion, request every event (upper bound)"),
             ("never", "fusion", None, "fusion, never request (lower bound)")):
@@ -175,8 +183,8 @@ def _headline(metrics: dict) -> list[dict]:
 
 
 POPULARITY_SYSTEMS = (("always", "llm", None, "cloud LLM (request every event)"),
-                      ("consistency-budget", "srm", 0.2, "SRM re-rank (20%)"),
-                      ("consistency-budget", "fusion", 0.2, "fusion (20%)"))
+                      (HEADLINE_POLICY, "srm", 0.2, "SRM re-rank (20%)"),
+                      (HEADLINE_POLICY, "fusion", 0.2, "fusion (20%)"))
 
 
 def popularity_rows(metrics: dict) -> list[tuple[str, dict]]:
@@ -211,8 +219,6 @@ def headline_lines(metrics: dict) -> list[str]:
 
 
 def write_report(metrics: dict, out: Path) -> Path:
-    from simulator import plots
-
     agg = metrics.get("aggregate", [])
     cfg = metrics.get("config", {})
     images = []
@@ -279,36 +285,27 @@ def write_report(metrics: dict, out: Path) -> Path:
     return path
 
 
-MEASURE_TEXT = {
-    "lsc4rec": "the reference's footrule inconsistency D + (4 + 0.3 Z)^2 of the SRM order against the LLM order",
-    "footrule": "the footrule D of the SRM order against the LLM order", "kendall": "(1 - Kendall tau) / 2",
-    "overlap": "1 - top-K overlap of the SRM and LLM orders", "rbo": "1 - rank-biased overlap (p = 0.9)",
-    "regret": "the catalogue regret: the SRM's softmax mass of its top-K items over the whole unconsumed catalogue "
-              "minus that of its top-K among the cached list's unconsumed items"}
-
-
-_LLM_TERMS = {"rank": "LLM rank (-(j+1)/N)", "logprob": "LLM log-probability (the generator's score)"}
-_SRM_TERMS = {"sigmoid": "(SRM sigmoid - 0.5)", "logit": "SRM logit",
-              "rank": "SRM rank (-(rank among the unconsumed candidates + 1) / their number)"}
-
-
 def _fusion_text(cfg: dict) -> str:
-    return (f"Fusion: alpha = {cfg.get('alpha')} x {_LLM_TERMS[cfg.get('llm_norm', 'rank')]} + (1 - alpha) x "
-            f"{_SRM_TERMS[cfg.get('srm_norm', 'sigmoid')]}. ")
+    """The fusion rule of the config, in words taken from the device's norms (defaults: the config's)."""
+    llm, srm = cfg.get("llm_norm", "rank"), cfg.get("srm_norm", "prob")
+    llm = LLM_NORMS.get(llm).text if llm in LLM_NORMS else llm
+    srm = SRM_NORMS.get(srm).text if srm in SRM_NORMS else srm
+    return f"Fusion: alpha = {cfg.get('alpha')} x {llm} + (1 - alpha) x {srm}. "
 
 
 def _policy_text(cfg: dict) -> str:
     measure = cfg.get("measure", "lsc4rec")
+    described = MEASURES.get(measure).text if measure in MEASURES else measure
     how = ("one threshold per budget from the calibration replay" if cfg.get("budget_mode", "threshold") == "threshold"
-           else "device.runtime.policy.Budget shared by the fleet, warm-started with the calibration replay's score "
-                "percentiles and steered online to the budget; decisions follow global time order")
-    return (f"Consistency-under-budget: request when the inconsistency score ({MEASURE_TEXT.get(measure, measure)}) "
-            f"is high; {how}. The calibration replay moves each user's stream S interactions back (no stream "
-            "event is used). 'random-matched' requests at random at the realised rate of the consistency run with "
+           else "device.runtime.policies.budget.Budget shared by the fleet, warm-started with the calibration replay's "
+                "score percentiles and steered online to the budget; decisions follow global time order")
+    return (f"Consistency-under-budget (policy '{HEADLINE_POLICY}'): request when the inconsistency score "
+            f"({described}) is high; {how}. The calibration replay moves each user's stream S interactions back (no "
+            f"stream event is used). '{MATCHED_RANDOM}' requests at random at the realised rate of the budget run with "
             "the same budget, fusion and seed.")
 
 
 def _cdf_runs(metrics: dict) -> list[str]:
     ids = [r["id"] for r in metrics.get("runs", []) if r["fusion"] == "fusion" and r["seed"] == metrics["seeds"][0]
-           and r["policy"] in ("consistency-budget", "always") and r.get("budget") in (None, 0.2)]
+           and r["policy"] in (HEADLINE_POLICY, "always") and r.get("budget") in (None, 0.2)]
     return ids[:3]

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from device.runtime.artifact import load_reranker
+from shared.errors import ConfigError
 from simulator.models import MarkovReranker
 
 
@@ -45,10 +47,9 @@ class SrmRetrainer:
         self.count = 0
 
     def __call__(self, histories):
-        from cloud.registry import publish
+        from cloud.registry import publish  # torch and the cloud: loaded only when a real SRM is re-trained
         from device.training.export import export_checkpoint
         from device.training.finetune import finetune
-        from device.runtime.artifact import load_reranker
 
         self.count += 1
         step = self.work / f"v{self.count}"
@@ -70,6 +71,4 @@ def _checkpoint_of(folder: Path) -> Path:
     for candidate in (folder / "srm.pt", folder.parent / "srm.pt"):
         if candidate.is_file():
             return candidate
-    from shared.errors import ConfigError
-
     raise ConfigError("retrain.every", "on", f"no SRM checkpoint srm.pt in {folder} or its parent")

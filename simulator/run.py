@@ -4,15 +4,25 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 
-from simulator.config import SimConfig
+from device.runtime.policies import POLICIES, PolicySpec
+from shared.cli import emit
+from shared.data.dataset import load_dataset
+from shared.errors import ConfigError
+from simulator.cloud_link import GrpcSource
+from simulator.config import HEADLINE_POLICY, SimConfig, load_sim_config
 from simulator.engine import ROW_FIELDS, RunResult
+from simulator.experiments import (World, calibrate, cold_items, config_record, device_only, load_world, make_replay,
+                                   plan, policy_for, run_one, training_counts, warm, write_json)
 from simulator.figures import POPULARITY, by_popularity
-from simulator.experiments import (World, calibrate, config_record, device_only, load_world, plan, policy_for,
-                                   cold_items, run_one, training_counts, write_json)
+from simulator.ray_backend import run_sharded
+from simulator.report import _headline, aggregate, evaluate_bars, write_report
+from simulator.retrain import make_retrainer
+from simulator.server_proc import ServerProcess
 
 
 def write_rows(path: Path, result: RunResult) -> None:
@@ -46,14 +56,12 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
         runs = plan(config)
         if config.mode == "inprocess":
             current = "warm-up"
-            from simulator.experiments import warm
-
             warm(world, progress=progress)
-        thresholds = {}
-        if any(r["policy"] == "consistency-budget" for r in runs):
+        calibration = {}
+        if any(r["policy"] in POLICIES and POLICIES.get(r["policy"]).calibrated for r in runs):
             current = "calibration"
-            thresholds = calibrate(world, config.budgets, progress)
-        metrics["calibration"] = {str(k): v for k, v in thresholds.items()}
+            calibration = calibrate(world, config.budgets, progress)
+        metrics["calibration"] = {str(k): v for k, v in calibration.items()}
         if config.device_only:
             current = "device-only"
             metrics["device_only"] = device_only(world)
@@ -64,12 +72,12 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
         counts, cold = training_counts(world), cold_items(world)
         for number, run in enumerate(runs, start=1):
             current = run["id"]
-            policy = policy_for(run, config, thresholds, done)
+            policy = policy_for(run, config, calibration, done)
+            shown = policy.build()  # what the run's devices will hold: its label and fixed threshold, if any
             if progress:
-                print(f"[{number}/{len(runs)}] {run['id']} ({policy.label()})", file=sys.stderr)
+                print(f"[{number}/{len(runs)}] {run['id']} ({shown.label()})", file=sys.stderr)
             result = execute(world, config, run, policy, initial, progress)
-            summary = {**run, "label": policy.label(), "threshold": policy.threshold
-                       if policy.name == "consistency" else None, **result.summary,
+            summary = {**run, "label": shown.label(), "threshold": shown.threshold, **result.summary,
                        POPULARITY: by_popularity(result.rows["target"], result.rows["rank"], counts, new_items=cold)}
             done[run["id"]] = summary
             metrics["runs"].append(summary)
@@ -92,8 +100,6 @@ def simulate(config: SimConfig, out: Path, progress: bool = True, world: World |
 
 
 def finish(metrics: dict, out: Path) -> None:
-    from simulator.report import aggregate, evaluate_bars, write_report
-
     metrics["aggregate"] = aggregate(metrics.get("runs", []))
     metrics["bars"] = evaluate_bars(metrics)
     write_json(out / "metrics.json", metrics)
@@ -101,20 +107,14 @@ def finish(metrics: dict, out: Path) -> None:
 
 
 def _initial(world: World):
-    from simulator.experiments import make_replay
-
     return make_replay(world, progress=False).initial_lists()
 
 
-def execute(world: World, config: SimConfig, run: dict, policy, initial, progress: bool) -> RunResult:
+def execute(world: World, config: SimConfig, run: dict, policy: PolicySpec, initial, progress: bool) -> RunResult:
     if config.backend == "ray":
-        from simulator.ray_backend import run_sharded
-
         return run_sharded(world, config, run, policy)
     retrain = None
     if run.get("retrain"):
-        from simulator.retrain import make_retrainer
-
         retrain = (config.retrain.every, make_retrainer(world, config))
     return run_one(world, run, policy, initial, retrain=retrain, progress=progress)
 
@@ -124,7 +124,7 @@ def retrain_runs(config: SimConfig) -> list[dict]:
     if not config.retrain.every:
         return []
     budget = 0.2 if 0.2 in config.budgets else config.budgets[0]
-    policy = "consistency-budget" if "consistency-budget" in config.policies else "never"
+    policy = HEADLINE_POLICY if HEADLINE_POLICY in config.policies else "never"
     out = []
     for fusion in [f for f in ("fusion", "srm") if f in config.fusions]:
         tag = f"-b{round(budget * 100):02d}" if policy != "never" else ""
@@ -138,10 +138,6 @@ def open_world(config: SimConfig):
     """Load the world; in grpc mode, start (or connect to) the cloud server and call it for real."""
     if config.mode != "grpc":
         return load_world(config), None
-    from shared.data.dataset import load_dataset
-    from simulator.cloud_link import GrpcSource
-    from simulator.server_proc import ServerProcess
-
     dataset = load_dataset(Path(config.data))
     server = None
     address = config.server
@@ -176,10 +172,6 @@ SWEEPABLE = ("alpha", "srm_norm", "llm_norm", "measure", "threshold")
 
 def parse_sweep(specs: list[str]) -> list[list[str]]:
     """`KEY=V1,V2` specs -> every combination, each a list of `KEY=V` overrides (first spec varies slowest)."""
-    from itertools import product
-
-    from shared.errors import ConfigError
-
     axes = []
     for spec in specs:
         key, _, values = spec.partition("=")
@@ -193,9 +185,9 @@ def parse_sweep(specs: list[str]) -> list[list[str]]:
 
 
 def sweep_score(metrics: dict) -> dict:
-    """The selection figure of a setting: fusion NDCG@10 of each consistency budget, and their mean."""
+    """The selection figure of a setting: fusion NDCG@10 of each budget of the budget policy, and their mean."""
     per_budget = {str(r["budget"]): r["ndcg@10"] for r in metrics["runs"]
-                  if r["fusion"] == "fusion" and r["policy"].startswith("consistency") and r["budget"] is not None}
+                  if r["fusion"] == "fusion" and r["policy"] == HEADLINE_POLICY and r["budget"] is not None}
     mean = float(np.mean(list(per_budget.values()))) if per_budget else None
     return {"mean_fusion_ndcg@10": mean, "fusion_ndcg@10_by_budget": per_budget}
 
@@ -203,9 +195,6 @@ def sweep_score(metrics: dict) -> dict:
 def sweep(preset: str, overrides: list[str], specs: list[str], out: Path, progress: bool = True) -> list[dict]:
     """Run the preset once per setting into OUT/<setting>/, sharing one world (the cloud lists are generated once);
     writes OUT/sweep.json with each setting's `sweep_score`, best first."""
-    from shared.errors import ConfigError
-    from simulator.config import load_sim_config
-
     settings = parse_sweep(specs)
     results, world = [], None
     for n, setting in enumerate(settings, 1):
@@ -226,10 +215,6 @@ def sweep(preset: str, overrides: list[str], specs: list[str], out: Path, progre
 
 def main(args) -> int:
     """CLI entry of `lsc4rec simulate`."""
-    from shared.cli import emit
-    from simulator.config import load_sim_config
-    from simulator.report import _headline
-
     overrides = list(args.overrides)
     for key, value in (("backend", args.backend), ("mode", args.mode), ("ray_address", args.ray_address)):
         if value:
@@ -239,7 +224,7 @@ def main(args) -> int:
         figures = {r["setting"]: None if r["mean_fusion_ndcg@10"] is None else round(r["mean_fusion_ndcg@10"], 5)
                    for r in results}
         emit({"best": results[0]["setting"], **figures, "sweep": str(Path(args.out) / "sweep.json")}, args.json,
-             title="mean fusion NDCG@10 over the consistency budgets, best first")
+             title="mean fusion NDCG@10 over the budgets of the budget policy, best first")
         return 0
     config = load_sim_config(args.preset, overrides)
     metrics = simulate(config, Path(args.out), progress=not args.quiet)

@@ -21,7 +21,9 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from shared.errors import CatalogMismatchError, InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
+from shared.errors import (CatalogMismatchError, ChecksumError, InvalidArgumentError, LSC4RecError, ManifestError,
+                           UnavailableError)
+from shared.files import download_verified, staged_dir
 from shared.manifest import MANIFEST_NAME, manifest_from_dict, manifest_to_dict, read_manifest, verify_artifact, write_manifest
 from shared.records import ModelFormat, ModelManifest, TensorSpec
 from shared.sequences import check_ids
@@ -124,25 +126,34 @@ class _Backend:
         raise NotImplementedError
 
 
+def ort_session(path: str | Path, threads: int = 1):
+    """The onnxruntime session every ONNX artifact runs in, on a device and offline alike (export's parity and
+    golden scores, `eval srm --artifact`), so that all of them measure the same optimised graph: CPU, sequential
+    execution, `threads` intra-op threads. Raises onnxruntime's own errors for a file it cannot load."""
+    import onnxruntime as ort  # the ExecuTorch backend does without it
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Basic graph rewrites only: the extended fusions (Gemm with reshapes, SkipLayerNorm, Gelu) made this
+    # small model about 10% slower per call here (onnxruntime 1.32, one thread; benchmarks/bench_srm.py).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxReranker(_Backend):
     """onnxruntime backend (CPU, sequential execution, `threads` intra-op threads)."""
 
     runtime_name = "onnxruntime"
 
     def __init__(self, path: str | Path, manifest: ModelManifest, threads: int = 1):
-        import onnxruntime as ort
-
         check_manifest_shape(manifest)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Basic graph rewrites only: the extended fusions (Gemm with reshapes, SkipLayerNorm, Gelu) made this
-        # small model about 10% slower per call here (onnxruntime 1.32, one thread; benchmarks/bench_srm.py).
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = ort_session(path, threads)
+        except ImportError:
+            raise  # no onnxruntime installed: a broken install, not a broken model
         except Exception as exc:  # onnxruntime raises its own untyped errors for a broken graph
             raise ManifestError(f"{path}: onnxruntime cannot load the model ({exc})") from None
         self.manifest = manifest
@@ -349,19 +360,16 @@ class ModelHolder:
         manifest = manifest_from_dict(manifest_to_dict(manifest), source=f"manifest {manifest.version}")
         if not manifest.version or "/" in manifest.version or manifest.version.startswith("."):
             raise ManifestError(f"manifest version {manifest.version!r} is not a plain folder name")
-        staging = self._root / f".{manifest.version}.partial"
-        final = self._root / manifest.version
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            with open(staging / manifest.file_name, "wb") as handle:
-                for chunk in download(manifest):
-                    handle.write(chunk)
+        def write(out) -> None:
+            for chunk in download(manifest):
+                out.write(chunk)
+
+        # The loaded model holds the file (inode) it verified; the rename to the final name keeps it valid.
+        with staged_dir(self._root / manifest.version, replace=True) as staging:
+            try:
+                download_verified(staging / manifest.file_name, manifest.sha256, write)
+            except ChecksumError as exc:  # a download that is not the manifest's artifact
+                raise ManifestError(f"{exc.path}: sha256 {exc.actual} does not match the manifest's "
+                                    f"{exc.expected}") from None
             write_manifest(manifest, staging)
-            reranker = load_reranker(staging, vocab_hash=vocab_hash, backend=self._backend, threads=self._threads)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        shutil.rmtree(final, ignore_errors=True)
-        staging.replace(final)  # the loaded model holds the file (inode) it verified; the rename keeps it valid
-        return reranker
+            return load_reranker(staging, vocab_hash=vocab_hash, backend=self._backend, threads=self._threads)

@@ -9,12 +9,28 @@ from pathlib import Path
 
 import numpy as np
 
-from device.runtime.consistency import ALL_MEASURES
-from device.runtime.fusion import LLM_NORMS, SRM_NORMS
+from device.runtime.consistency import MEASURES
+from device.runtime.fusion import LLM_NORMS, RULES, SRM_NORMS, FusionConfig
+from device.runtime.policies import parse_policy, usages
 from shared.cli import add_json_flag, emit, handler
-from shared.errors import DataFormatError
+from shared.errors import DataFormatError, InvalidArgumentError
 
-DEFAULT_MODEL = Path("runs/srm-sasrec/export/onnx")
+# `device run` defaults to what measured best (docs/results.md) and what `make demo` runs (simulator/presets/demo.toml,
+# where each choice is explained; a test keeps the two equal): the product of experts - alpha x the LLM's sequence
+# log-probability + (1 - alpha) x the SRM's logit - and requests on the catalogue regret under a 20% budget. The
+# reference rule and the reference's `lsc4rec` score measured worse (the latter worse than random requests).
+BEST_FUSION = FusionConfig(rule="linear", alpha=0.35, llm_norm="logprob", srm_norm="logit")
+BEST_MEASURE = "regret"
+BEST_POLICY = "budget:0.2"
+
+
+def _policy(text: str) -> str:
+    """argparse type of --policy: a spelling `parse_policy` accepts (checked before any work; exit 2 otherwise)."""
+    try:
+        parse_policy(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -30,24 +46,29 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                      help="text file with one item id per line, oldest first ('#' comments and blank lines skipped)")
     run.add_argument("--history", type=Path, default=None,
                      help="optional file (same format as --events) with the user's past, known before the replay")
-    run.add_argument("--policy", default="budget:0.2",
-                     help="request policy: never, always, every:N, random:R, threshold:T, budget:R (default budget:0.2)")
+    run.add_argument("--data", type=Path, default=None,
+                     help="the prepared dataset folder the model was trained on: print item titles beside the ids")
+    run.add_argument("--policy", type=_policy, default=BEST_POLICY,
+                     help=f"request policy: {usages()} (default {BEST_POLICY})")
     run.add_argument("--slate-size", type=int, default=10, help="K, items shown per slate (default 10)")
     run.add_argument("--num-candidates", type=int, default=50, help="N, candidates asked from the cloud (default 50)")
-    run.add_argument("--fusion", default="reference", choices=("reference", "linear", "llm", "srm"),
-                     help="fusion rule (default reference: -(j+1)/L + (p_j - 0.5))")
-    run.add_argument("--alpha", type=float, default=0.5, help="LLM weight of the linear fusion rule (default 0.5)")
-    run.add_argument("--llm-norm", default="rank", choices=LLM_NORMS,
+    run.add_argument("--fusion", default=BEST_FUSION.rule, choices=RULES,
+                     help=f"fusion rule: reference is -(j+1)/L + (p_j - 0.5), linear weighs the two norms below "
+                          f"(default {BEST_FUSION.rule})")
+    run.add_argument("--alpha", type=float, default=BEST_FUSION.alpha,
+                     help=f"LLM weight of the linear fusion rule (default {BEST_FUSION.alpha})")
+    run.add_argument("--llm-norm", default=BEST_FUSION.llm_norm, choices=LLM_NORMS.names(),
                      help="the LLM term of the linear rule: its rank -(j+1)/L, the softmax of its scores, or the "
-                          "scores themselves as log-probabilities (default rank)")
-    run.add_argument("--srm-norm", default="prob", choices=SRM_NORMS,
+                          f"scores themselves as log-probabilities (default {BEST_FUSION.llm_norm})")
+    run.add_argument("--srm-norm", default=BEST_FUSION.srm_norm, choices=SRM_NORMS.names(),
                      help="the SRM term of the linear rule: sigmoid(logit) - 0.5, its rank -(r+1)/L, or the logit "
-                          "itself; logprob + logit is a product of the two models' probabilities (default prob)")
-    run.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,
-                     help="score the request policy thresholds: an order inconsistency between the SRM and the "
+                          "itself; logprob + logit is a product of the two models' probabilities "
+                          f"(default {BEST_FUSION.srm_norm})")
+    run.add_argument("--measure", default=BEST_MEASURE, choices=MEASURES.names(),
+                     help="score the request policy acts on: an order inconsistency between the SRM and the "
                           "LLM over the cached list (lsc4rec = the reference footrule + consumed-slot penalty), "
                           "or regret = how much of the SRM's top-K over the whole catalogue the list lacks "
-                          "(default lsc4rec)")
+                          f"(default {BEST_MEASURE})")
     run.add_argument("--backend", default="auto", choices=("auto", "onnx", "executorch"),
                      help="runtime backend (default: by the artifact's format)")
     run.add_argument("--vocab-hash", default=None, help="refuse a model made for another catalogue")
@@ -65,13 +86,15 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         "bench", help="per-event latency of re-rank + fusion + consistency + policy, and process memory",
         description="Time DeviceSession.on_event without the network (re-rank N candidates with the SRM, fuse, "
                     "score consistency, decide) and report p50/p99, resident memory, and whether torch is loaded.")
-    bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"SRM artifact folder (default {DEFAULT_MODEL})")
+    bench.add_argument("--model", type=Path, required=True,
+                       help="SRM artifact folder (manifest.json + model file), e.g. what `lsc4rec export srm` wrote")
     bench.add_argument("--events", type=int, default=3000, help="timed events (default 3000)")
     bench.add_argument("--num-candidates", type=int, default=50, help="candidates re-ranked per event (default 50)")
     bench.add_argument("--history", type=int, default=100, help="length of the user's history before timing (default 100)")
-    bench.add_argument("--policy", default="budget:0.1", help="request policy (default budget:0.1)")
+    bench.add_argument("--policy", type=_policy, default="budget:0.1",
+                       help=f"request policy: {usages()} (default budget:0.1)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream (default 0)")
-    bench.add_argument("--measure", default="lsc4rec", choices=ALL_MEASURES,
+    bench.add_argument("--measure", default="lsc4rec", choices=MEASURES.names(),
                        help="consistency measure timed with each event (regret scores the whole catalogue)")
     add_json_flag(bench)
     bench.set_defaults(func=handler("device.runtime.cli", "bench_main"))
@@ -96,18 +119,17 @@ def read_events(path: Path) -> list[int]:
 
 
 def run_main(args: argparse.Namespace) -> int:
-    from device.runtime.client import ClientConfig, CloudClient
-    from device.runtime.fusion import FusionConfig
-    from device.runtime.policy import parse_policy
     from device.runtime.artifact import ModelHolder, load_reranker
+    from device.runtime.client import ClientConfig, CloudClient
     from device.runtime.session import DeviceSession, SessionConfig
 
     events = read_events(args.events)
     holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
                          args.updates_dir or args.model.parent / "updates", backend=args.backend)
+    titles = read_titles(args.data, holder.manifest.num_items) if args.data else None
     config = SessionConfig(user_id=args.user, slate_size=args.slate_size, num_candidates=args.num_candidates,
                            fusion=FusionConfig(rule=args.fusion, alpha=args.alpha, llm_norm=args.llm_norm,
-                                                       srm_norm=args.srm_norm), measure=args.measure)
+                                               srm_norm=args.srm_norm), measure=args.measure)
     with CloudClient(ClientConfig(address=args.server, timeout_s=args.timeout, token=args.token),
                      num_items=holder.manifest.num_items) as client:
         if args.check_update:
@@ -124,6 +146,8 @@ def run_main(args: argparse.Namespace) -> int:
                    "requested": result.requested, "request_ok": result.request_ok, "note": result.note,
                    "score": None if np.isnan(result.decision.score) else round(result.decision.score, 4),
                    "ms": round((time.perf_counter() - start) * 1e3, 3)}
+            if titles is not None:
+                row.update(item_title=titles[item], slate_titles=[titles[i] for i in result.slate.items])
             _show(row, args.json)
         summary = {"events": len(events), "requests": session.requests_sent, "failures": session.failures,
                    "request_rate": session.requests_sent / max(len(events), 1),
@@ -131,6 +155,18 @@ def run_main(args: argparse.Namespace) -> int:
                    "model_version": holder.manifest.version}
     emit(summary, args.json, title="summary")
     return 0
+
+
+def read_titles(folder: Path, num_items: int) -> list[str]:
+    """Item titles of a prepared dataset folder, indexed by dense id (index 0 unused); the dataset must be the
+    model's catalogue (the same number of items), or the titles would name other items."""
+    from shared.data.dataset import load_dataset
+
+    items = load_dataset(folder).items
+    if len(items) != num_items:
+        raise InvalidArgumentError("data", str(folder), f"has {len(items)} items but the model's catalogue has "
+                                                        f"{num_items}: not the dataset the model was trained on")
+    return [""] + [item.title for item in items]
 
 
 def _show(row: dict, as_json: bool) -> None:
@@ -142,7 +178,13 @@ def _show(row: dict, as_json: bool) -> None:
         return
     sent = ("sent, ok" if row["request_ok"] else f"sent, FAILED ({row['note']})") if row["requested"] else (
         f"wanted, not sent ({row['note']})" if row["wanted"] or row["note"] else "no")
-    print(f"#{row['event']:<3} item {row['item']:<5} slate {row['slate']}{' STALE' if row['stale'] else ''}\n"
+    stale = " STALE" if row["stale"] else ""
+    if "slate_titles" in row:
+        shown = "; ".join(f"{i} {t}" for i, t in zip(row["slate"], row["slate_titles"]))
+        print(f"#{row['event']:<3} item {row['item']} {row['item_title']}\n      slate{stale}: {shown}\n"
+              f"      request: {sent} - {row['reason']}", flush=True)
+        return
+    print(f"#{row['event']:<3} item {row['item']:<5} slate {row['slate']}{stale}\n"
           f"      request: {sent} - {row['reason']}", flush=True)
 
 
@@ -154,7 +196,6 @@ def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, his
     "overhead": the same with a free stand-in SRM (what the session adds); "srm": the model alone.
     A new user session starts every 400 events (histories of 100..500 items).
     """
-    from device.runtime.policy import parse_policy
     from device.runtime.artifact import load_reranker
 
     reranker = load_reranker(model)

@@ -4,14 +4,22 @@ Every function takes two orders of the same items, best first (`llm_order`, `srm
 int arrays holding the same distinct ids), or, for the LSC4Rec score, the SRM's permutation of
 the LLM list. Higher `lsc4rec_score` means MORE inconsistent (request a fresh list); the other
 measures are agreements (1 = identical orders).
+
+The request policies act on one number, higher = staler: `MEASURES` holds each measure by its one name
+(lsc4rec, footrule, kendall, overlap, rbo, regret; CLI `--measure`, simulator `measure`). Adding a measure is one
+`Measure(...)` in the table at the end of this module (or in a plugin, before the first lookup).
+`Measure.of_list` / `Measure.of_catalogue` are what a DeviceSession scores after each event, and what the
+simulator's calibration replay scores: one implementation for both.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from shared.errors import InvalidArgumentError
+from shared.registry import Registry
 
 #: Penalty constants of the reference rule S = D + (PENALTY_BASE + PENALTY_SLOPE * Z) ** 2.
 PENALTY_BASE = 4.0
@@ -119,12 +127,6 @@ def _rbo(pos: np.ndarray, p: float) -> float:
     return float((1 - p) / p * (agreement * weights).sum() + agreement[-1] * p ** n)
 
 
-MEASURES = ("lsc4rec", "footrule", "kendall", "overlap", "rbo")
-#: Measures that need the SRM's scores of the whole catalogue, not only of the cached list.
-CATALOGUE_MEASURES = ("regret",)
-ALL_MEASURES = MEASURES + CATALOGUE_MEASURES  # what a session (and a simulator preset) may ask for
-
-
 def catalogue_regret(catalogue_logits: np.ndarray, pool: np.ndarray, excluded: np.ndarray, k: int = 10) -> float:
     """How much the cached list misses of what the SRM now believes the user wants, in [0, 1].
 
@@ -174,33 +176,82 @@ def _top_sum(p: np.ndarray, k: int) -> float:
     return np.sort(top).sum()
 
 
+def srm_order(srm_logits: np.ndarray) -> np.ndarray:
+    """(L,) int64 indices into the list by SRM logit, best first; ties keep the LLM order."""
+    return (-np.asarray(srm_logits, dtype=np.float64)).argsort(kind="stable")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One inconsistency measure: a number after each event, higher = the cached list looks staler.
+
+    An order measure (`on_positions`) compares the SRM's order of the list's unconsumed items with the LLM's;
+    a catalogue measure (`on_catalogue`) compares what the SRM believes over the whole catalogue with what the
+    list can still show (the session then scores every item on each event).
+    """
+
+    name: str
+    text: str  # what it measures, in a sentence fragment (the simulator's report quotes it)
+    # (pos, num_invalid, k, p) -> score, with pos[j] the SRM position of LLM slot j
+    on_positions: Callable[[np.ndarray, int, int, float], float] | None = None
+    symmetric: bool = False  # the same on a permutation and on its inverse: the fast path skips the inversion
+    # (float64 logits of every id with id 0 ignored, showable ids of the list, bool showable mask, k) -> score
+    on_catalogue: Callable[[np.ndarray, np.ndarray, np.ndarray, int], float] | None = None
+
+    @property
+    def needs_catalogue(self) -> bool:
+        return self.on_catalogue is not None
+
+    def of_permutation(self, srm_permutation: np.ndarray, num_invalid: int = 0, k: int = 10,
+                       p: float = 0.9) -> float:
+        """`srm_permutation` lists LLM slots in the SRM's order (an argsort of the SRM scores)."""
+        if self.on_positions is None:
+            raise InvalidArgumentError("measure", self.name, "scores the catalogue, not the order of a list")
+        if self.symmetric:
+            return self.on_positions(srm_permutation, num_invalid, k, p)
+        pos = np.empty(srm_permutation.size, dtype=np.int64)
+        pos[srm_permutation] = np.arange(srm_permutation.size)
+        return self.on_positions(pos, num_invalid, k, p)
+
+    def of_list(self, srm_logits: np.ndarray, num_invalid: int, k: int, p: float = 0.9) -> float:
+        """An order measure after an event: `srm_logits` (float64) of the cached list's unconsumed items, in the
+        LLM's order; `num_invalid` slots of the N the cloud sent can no longer be shown."""
+        return self.of_permutation(srm_order(srm_logits), num_invalid, k, p)
+
+    def of_catalogue(self, catalogue_logits: np.ndarray, pool: np.ndarray, showable: np.ndarray, k: int) -> float:
+        """A catalogue measure after an event: float64 `catalogue_logits` (V,) indexed by id (finite where
+        `showable`), the ids of the list's unconsumed items, and which ids may be shown (False at 0 and at
+        consumed ids); inputs trusted (see catalogue_regret for the checked form)."""
+        if self.on_catalogue is None:
+            raise InvalidArgumentError("measure", self.name, "scores the order of a list, not the catalogue")
+        return self.on_catalogue(catalogue_logits, pool, showable, k)
+
+
+MEASURES: Registry[Measure] = Registry("measure")
+
+
 def inconsistency(measure: str, llm_order: np.ndarray, srm_order: np.ndarray, num_invalid: int = 0,
                   k: int = 10, p: float = 0.9) -> float:
     """One number, higher = the two orders disagree more (agreements are turned into 1 - agreement)."""
     if k < 1 or not 0.0 < p < 1.0:
         raise InvalidArgumentError("k, p", (k, p), "need k >= 1 and 0 < p < 1")
-    return _from_positions(measure, positions(llm_order, srm_order), num_invalid, k, p)
+    entry = MEASURES.get(measure, field="measure")
+    if entry.on_positions is None:
+        raise InvalidArgumentError("measure", measure, "scores the catalogue, not the order of a list")
+    return entry.on_positions(positions(llm_order, srm_order), num_invalid, k, p)
 
 
-def inconsistency_of_permutation(measure: str, srm_permutation: np.ndarray, num_invalid: int = 0,
-                                 k: int = 10, p: float = 0.9) -> float:
-    """Fast path: `srm_permutation` lists LLM slots in the SRM's order (an argsort of the SRM scores)."""
-    if measure in ("lsc4rec", "footrule"):  # the footrule needs no inversion (see _footrule)
-        return _from_positions(measure, srm_permutation, num_invalid, k, p)
-    pos = np.empty(srm_permutation.size, dtype=np.int64)
-    pos[srm_permutation] = np.arange(srm_permutation.size)
-    return _from_positions(measure, pos, num_invalid, k, p)
-
-
-def _from_positions(measure: str, pos: np.ndarray, num_invalid: int, k: int, p: float) -> float:
-    if measure == "lsc4rec":
-        return _lsc4rec(pos, num_invalid)
-    if measure == "footrule":
-        return _footrule(pos)
-    if measure == "kendall":
-        return (1.0 - _kendall(pos)) / 2.0
-    if measure == "overlap":
-        return 1.0 - _overlap(pos, k)
-    if measure == "rbo":
-        return 1.0 - _rbo(pos, p)
-    raise InvalidArgumentError("measure", measure, f"must be one of {', '.join(MEASURES)}")
+for _measure in (
+        Measure("lsc4rec", "the reference's footrule inconsistency D + (4 + 0.3 Z)^2 of the SRM order against the "
+                           "LLM order", lambda pos, invalid, k, p: _lsc4rec(pos, invalid), symmetric=True),
+        Measure("footrule", "the footrule D of the SRM order against the LLM order",
+                lambda pos, invalid, k, p: _footrule(pos), symmetric=True),
+        Measure("kendall", "(1 - Kendall tau) / 2", lambda pos, invalid, k, p: (1.0 - _kendall(pos)) / 2.0),
+        Measure("overlap", "1 - top-K overlap of the SRM and LLM orders",
+                lambda pos, invalid, k, p: 1.0 - _overlap(pos, k)),
+        Measure("rbo", "1 - rank-biased overlap (p = 0.9)", lambda pos, invalid, k, p: 1.0 - _rbo(pos, p)),
+        Measure("regret", "the catalogue regret: the SRM's softmax mass of its top-K items over the whole unconsumed "
+                          "catalogue minus that of its top-K among the cached list's unconsumed items",
+                on_catalogue=catalogue_regret_trusted)):
+    MEASURES.register(_measure.name, _measure)
+del _measure

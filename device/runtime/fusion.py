@@ -17,20 +17,37 @@ Rules (FusionConfig.rule):
 "reference" equals "linear" with alpha = 0.5, llm_norm = "rank", srm_norm = "prob" up to a factor 2.
 `positions` lets a shrunken list (consumed items removed) keep the slots j and the length L of the
 list the cloud sent.
+
+The norms are registries (`LLM_NORMS`, `SRM_NORMS`) holding each norm by its one name, which the device CLI
+(`--llm-norm`, `--srm-norm`), simulator presets (`llm_norm`, `srm_norm`) and the report all use; adding a norm is
+one `Norm(...)` in the tables at the end of this module.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
 from shared.config import check
 from shared.errors import InvalidArgumentError
+from shared.registry import Registry
 
 
-LLM_NORMS = ("rank", "softmax", "logprob")
-SRM_NORMS = ("prob", "rank", "logit")
+@dataclass(frozen=True)
+class Norm:
+    """How one side's scores enter the linear rule."""
+
+    name: str
+    text: str  # what the term is (the simulator's report quotes it)
+    # LLM side: (llm_scores, positions, length) -> (L,) float64; SRM side: (srm_logits) -> a NEW (L,) float64 array
+    # (the caller scales it in place)
+    term: Callable[..., np.ndarray]
+
+
+LLM_NORMS: Registry[Norm] = Registry("llm_norm")
+SRM_NORMS: Registry[Norm] = Registry("srm_norm")
+RULES = ("reference", "linear", "llm", "srm")
 
 
 @dataclass(frozen=True)
@@ -39,15 +56,16 @@ class FusionConfig:
 
     rule: Literal["reference", "linear", "llm", "srm"] = "reference"
     alpha: float = 0.5  # weight of the LLM term in "linear"
-    llm_norm: Literal["rank", "softmax", "logprob"] = "rank"
-    srm_norm: Literal["prob", "rank", "logit"] = "prob"
+    llm_norm: str = "rank"  # a name of LLM_NORMS
+    srm_norm: str = "prob"  # a name of SRM_NORMS
 
     def __post_init__(self):
         check(0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "must be in [0, 1]")
-        check(self.rule in ("reference", "linear", "llm", "srm"), "rule", self.rule,
-              "must be one of reference, linear, llm, srm")
-        check(self.llm_norm in LLM_NORMS, "llm_norm", self.llm_norm, f"must be one of {', '.join(LLM_NORMS)}")
-        check(self.srm_norm in SRM_NORMS, "srm_norm", self.srm_norm, f"must be one of {', '.join(SRM_NORMS)}")
+        check(self.rule in RULES, "rule", self.rule, f"must be one of {', '.join(RULES)}")
+        check(self.llm_norm in LLM_NORMS, "llm_norm", self.llm_norm,
+              f"unknown LLM norm (known: {', '.join(LLM_NORMS.names())})")
+        check(self.srm_norm in SRM_NORMS, "srm_norm", self.srm_norm,
+              f"unknown SRM norm (known: {', '.join(SRM_NORMS.names())})")
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -86,12 +104,6 @@ def fuse(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
         raise InvalidArgumentError("srm_logits", srm_logits.shape, f"must be 1-D like llm_scores {llm_scores.shape}")
     if not (np.isfinite(llm_scores).all() and np.isfinite(srm_logits).all()):
         raise InvalidArgumentError("scores", "non-finite", "fusion inputs must be finite")
-    return fuse_trusted(config, llm_scores, srm_logits, positions, length)
-
-
-def fuse_trusted(config: FusionConfig, llm_scores: np.ndarray, srm_logits: np.ndarray,
-                 positions: np.ndarray | None = None, length: int | None = None) -> np.ndarray:
-    """`fuse` without the input checks, for callers that validated them."""
     return ListFusion(config, llm_scores, positions, length).fuse(srm_logits)
 
 
@@ -103,33 +115,20 @@ class ListFusion:
     def __init__(self, config: FusionConfig, llm_scores: np.ndarray, positions: np.ndarray | None = None,
                  length: int | None = None):
         self.config = config
-        norm = config.llm_norm if config.rule == "linear" else "rank"
-        if norm == "softmax":
-            llm_term = softmax(llm_scores)
-        elif norm == "logprob":
-            llm_term = np.asarray(llm_scores, dtype=np.float64)
-        else:
-            llm_term = rank_norm(llm_scores.size, positions, length)
-        if config.rule == "linear":
-            llm_term = config.alpha * llm_term
-        self._llm_term = llm_term  # "linear": already weighted by alpha
+        linear = config.rule == "linear"
+        # "reference" is the linear rule's rank + prob terms, unweighted; "llm" is the rank term alone
+        llm_term = LLM_NORMS.get(config.llm_norm if linear else "rank").term(llm_scores, positions, length)
+        self._llm_term = config.alpha * llm_term if linear else llm_term  # "linear": already weighted by alpha
+        self._srm_norm = SRM_NORMS.get(config.srm_norm if linear else "prob")
 
     def fuse(self, srm_logits: np.ndarray) -> np.ndarray:
         """(L,) float64 fused scores, higher is better, for the list's SRM logits (a new array)."""
         config = self.config
         if config.rule == "llm":
             return self._llm_term.copy()
-        if config.rule == "linear" and config.srm_norm == "logit":
-            srm_term = np.array(srm_logits, dtype=np.float64)  # a copy: scaled in place below
-        else:
-            probs = sigmoid(srm_logits)
-            if config.rule == "srm":
-                return probs
-            if config.rule == "reference" or config.srm_norm == "prob":
-                srm_term = probs
-                srm_term -= 0.5
-            else:
-                srm_term = _srm_rank_norm(probs)
+        if config.rule == "srm":
+            return sigmoid(srm_logits)
+        srm_term = self._srm_norm.term(srm_logits)
         if config.rule == "linear":
             srm_term *= 1.0 - config.alpha
         srm_term += self._llm_term
@@ -166,6 +165,21 @@ def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, mask: np.ndarra
     return np.where(unknown, srm_logits[~unknown].mean(), srm_logits)
 
 
-def srm_order(srm_logits: np.ndarray) -> np.ndarray:
-    """(L,) int64 indices into the list by SRM logit, best first; ties keep the LLM order."""
-    return (-np.asarray(srm_logits, dtype=np.float64)).argsort(kind="stable")
+def _centred_prob(srm_logits: np.ndarray) -> np.ndarray:
+    probs = sigmoid(srm_logits)
+    probs -= 0.5
+    return probs
+
+
+for _norm in (Norm("rank", "LLM rank (-(j+1)/N)", lambda scores, positions, length: rank_norm(
+                  scores.size, positions, length)),
+              Norm("softmax", "LLM softmax of its scores", lambda scores, positions, length: softmax(scores)),
+              Norm("logprob", "LLM log-probability (the generator's score)",
+                   lambda scores, positions, length: np.asarray(scores, dtype=np.float64))):
+    LLM_NORMS.register(_norm.name, _norm)
+for _norm in (Norm("prob", "(SRM sigmoid - 0.5)", _centred_prob),
+              Norm("rank", "SRM rank (-(rank among the unconsumed candidates + 1) / their number)",
+                   lambda logits: _srm_rank_norm(sigmoid(logits))),
+              Norm("logit", "SRM logit", lambda logits: np.array(logits, dtype=np.float64))):  # a copy
+    SRM_NORMS.register(_norm.name, _norm)
+del _norm

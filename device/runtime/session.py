@@ -32,10 +32,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from device.runtime import consistency
-from device.runtime.fusion import FusionConfig, ListFusion, neutral_untrained, srm_order, untrained_mask
-from device.runtime.policy import Decision, Policy, PolicyState
 from device.runtime.artifact import Reranker
+from device.runtime.consistency import MEASURES
+from device.runtime.fusion import FusionConfig, ListFusion, neutral_untrained, untrained_mask
+from device.runtime.policies import Decision, Policy, PolicyState
 from shared.config import check
 from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
 from shared.records import CandidateRequest, CandidateResponse
@@ -54,7 +54,7 @@ class SessionConfig:
     user_id: str = "user"
     slate_size: int = 10  # K
     num_candidates: int = 50  # N asked from the cloud (the list length L of the fusion rule)
-    measure: str = "lsc4rec"  # consistency measure: device.runtime.consistency.MEASURES or CATALOGUE_MEASURES
+    measure: str = "lsc4rec"  # consistency measure: a name of device.runtime.consistency.MEASURES
     overlap_k: int = 10  # k of the "overlap" measure
     max_request_history: int = 200  # most recent items sent with a request
     backoff_initial_ms: float = 1000.0
@@ -65,8 +65,8 @@ class SessionConfig:
         check(bool(self.user_id), "user_id", self.user_id, "must not be empty")
         check(self.slate_size >= 1, "slate_size", self.slate_size, "must be >= 1")
         check(self.num_candidates >= self.slate_size, "num_candidates", self.num_candidates, "must be >= slate_size")
-        check(self.measure in consistency.ALL_MEASURES, "measure", self.measure,
-              f"must be one of {', '.join(consistency.ALL_MEASURES)}")
+        check(self.measure in MEASURES, "measure", self.measure,
+              f"unknown measure (known: {', '.join(MEASURES.names())})")
         check(self.max_request_history >= 1, "max_request_history", self.max_request_history, "must be >= 1")
         check(0 < self.backoff_initial_ms <= self.backoff_max_ms, "backoff_initial_ms", self.backoff_initial_ms,
               "must be > 0 and <= backoff_max_ms")
@@ -106,9 +106,10 @@ class DeviceSession:
         # the inputs below are built and validated here, so the model's own input checks may be skipped
         self._score = getattr(reranker, "score_trusted", reranker.score)
         self._mask_for, self._mask = None, None  # the model whose untrained items _mask marks
+        self._measure = MEASURES.get(config.measure, field="measure")
         # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
         self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
-                           if config.measure in consistency.CATALOGUE_MEASURES else None)
+                           if self._measure.needs_catalogue else None)
         self.history: list[int] = list(check_items("history", history, self.num_items))  # extended by on_event only
         self._consumed = set(self.history)
         self._window = pad_left([self.history], reranker.history_length)  # the model's input, rolled per event
@@ -282,12 +283,10 @@ class DeviceSession:
         fused = self._fusion.fuse(logits)
         order = (-fused).argsort(kind="stable")[:k]  # ties keep the LLM order
         if everything is None:
-            self.last_score = consistency.inconsistency_of_permutation(
-                self.config.measure, srm_order(logits),
-                num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
-        else:  # "regret": what the SRM now wants from the whole catalogue that the cached list lacks
-            self.last_score = consistency.catalogue_regret_trusted(
-                np.concatenate([[0.0], everything]), items, self._showable, k)
+            self.last_score = self._measure.of_list(
+                logits, num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
+        else:  # e.g. "regret": what the SRM now wants from the whole catalogue that the cached list lacks
+            self.last_score = self._measure.of_catalogue(np.concatenate([[0.0], everything]), items, self._showable, k)
         self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
                             self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
 

@@ -47,6 +47,79 @@ def test_device_run_replays_events_and_updates_the_model(server, onnx_dir, tmp_p
     assert summary["model_version"] == "v2"
 
 
+def test_device_run_prints_titles_beside_ids_with_the_dataset(server, onnx_dir, tmp_path, capsys):
+    from shared.data.dataset import load_dataset, write_dataset
+    from tests.conftest import synthetic_dataset
+
+    data = write_dataset(synthetic_dataset(num_users=20, num_items=NUM_ITEMS, min_len=16, max_len=20), tmp_path / "d")
+    events = tmp_path / "events.txt"
+    events.write_text("3\n30\n")
+    args = ["device", "run", "--server", server, "--model", str(onnx_dir), "--user", "u7", "--events", str(events),
+            "--slate-size", "5", "--num-candidates", "12", "--data", str(data)]
+    assert main(args + ["--json"]) == 0
+    steps = [row for row in map(json.loads, capsys.readouterr().out.splitlines()) if "event" in row]
+    titles = {item.id: item.title for item in load_dataset(data).items}
+    for row in steps:
+        assert row["item_title"] == titles[row["item"]]
+        assert row["slate_titles"] == [titles[i] for i in row["slate"]] and len(row["slate"]) == 5
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"item 3 {titles[3]}" in out and f"{steps[0]['slate'][0]} {titles[steps[0]['slate'][0]]}" in out
+
+
+def test_device_run_refuses_a_dataset_of_another_catalogue(onnx_dir, tmp_path, capsys):
+    from shared.data.dataset import write_dataset
+    from tests.conftest import synthetic_dataset
+
+    data = write_dataset(synthetic_dataset(num_users=20, num_items=40), tmp_path / "d")
+    events = tmp_path / "events.txt"
+    events.write_text("1\n")
+    code = main(["device", "run", "--server", "127.0.0.1:1", "--model", str(onnx_dir), "--user", "u", "--events",
+                 str(events), "--data", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and "data" in err and "40 items" in err and f"{NUM_ITEMS}" in err
+
+
+@pytest.mark.parametrize("flag, old", [("--policy", "consistency:0.2"), ("--policy", "every-n:3"),
+                                       ("--policy", "consistency-budget:0.2"), ("--srm-norm", "sigmoid"),
+                                       ("--measure", "cosine")])
+def test_device_run_refuses_old_and_unknown_spellings_with_exit_2(onnx_dir, tmp_path, capsys, flag, old):
+    events = tmp_path / "events.txt"
+    events.write_text("1\n")
+    with pytest.raises(SystemExit) as info:
+        main(["device", "run", "--server", "127.0.0.1:1", "--model", str(onnx_dir), "--user", "u", "--events",
+              str(events), flag, old])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and flag in err and old in err
+    known = {"--policy": ("never", "every:N", "budget:R"), "--srm-norm": ("prob", "logit"), "--measure": ("regret",)}
+    assert all(name in err for name in known[flag]), err
+
+
+def test_device_run_defaults_are_what_the_demo_runs():
+    """`device run` without options fuses and requests as `make demo` does (the measured best, docs/results.md)."""
+    from device.runtime.cli import BEST_FUSION, BEST_MEASURE, BEST_POLICY
+    from device.runtime.policies import parse_policy
+    from simulator.cli import build_parser
+    from simulator.config import load_sim_config
+    from simulator.device_adapter import fusion_config
+
+    demo = load_sim_config("demo")
+    assert fusion_config("fusion", demo.alpha, demo.srm_norm, demo.llm_norm) == BEST_FUSION
+    assert demo.measure == BEST_MEASURE and demo.budget_mode == "adaptive"
+    policy = parse_policy(BEST_POLICY)
+    assert policy.name in demo.policies and policy.rate in demo.budgets
+    args = build_parser().parse_args(["device", "run", "--server", "s", "--model", "m", "--user", "u", "--events", "e"])
+    assert (args.fusion, args.alpha, args.llm_norm, args.srm_norm) == (
+        BEST_FUSION.rule, BEST_FUSION.alpha, BEST_FUSION.llm_norm, BEST_FUSION.srm_norm)
+    assert (args.measure, args.policy, args.data) == (BEST_MEASURE, BEST_POLICY, None)
+
+
+def test_device_bench_needs_a_model(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["device", "bench"])
+    assert info.value.code == 2 and "--model" in capsys.readouterr().err
+
+
 def test_device_run_with_unreachable_cloud_keeps_going(onnx_dir, tmp_path, capsys):
     events = tmp_path / "events.txt"
     events.write_text("1\n2\n")

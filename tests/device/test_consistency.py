@@ -107,14 +107,37 @@ def test_catalogue_regret_refuses_bad_input():
         c.catalogue_regret(np.array([0.0, 1.0, np.nan]), [1], [], k=1)
 
 
-@pytest.mark.parametrize("measure", c.MEASURES)
+ORDER_MEASURES = [name for name, m in c.MEASURES.items() if not m.needs_catalogue]
+
+
+def test_the_registry_holds_every_measure_by_its_one_name():
+    assert c.MEASURES.names() == ("footrule", "kendall", "lsc4rec", "overlap", "rbo", "regret")
+    assert [name for name, m in c.MEASURES.items() if m.needs_catalogue] == ["regret"]
+    assert all(m.name == name and m.text for name, m in c.MEASURES.items())
+    with pytest.raises(InvalidArgumentError, match="known: footrule"):
+        c.MEASURES.get("cosine")
+    with pytest.raises(InvalidArgumentError, match="catalogue"):
+        c.inconsistency("regret", np.array(LLM), np.array(LLM))
+
+
+@pytest.mark.parametrize("measure", ORDER_MEASURES)
 def test_permutation_fast_path_equals_the_checked_measure(measure):
     rng = np.random.default_rng(0)
     for n in (1, 2, 7, 50):
         llm = rng.choice(1000, n, replace=False)
         perm = rng.permutation(n)  # LLM slots in the SRM's order
         expected = c.inconsistency(measure, llm, llm[perm], num_invalid=3, k=5)
-        assert c.inconsistency_of_permutation(measure, perm, num_invalid=3, k=5) == expected
+        assert c.MEASURES.get(measure).of_permutation(perm, num_invalid=3, k=5) == expected
+
+
+@pytest.mark.parametrize("measure", ORDER_MEASURES)
+def test_a_lists_score_from_srm_logits_is_the_measure_of_the_srm_order(measure):
+    rng = np.random.default_rng(1)
+    llm = rng.choice(1000, 30, replace=False)
+    logits = np.round(rng.normal(size=30), 1)  # ties keep the LLM order
+    srm = llm[np.argsort(-logits, kind="stable")]
+    expected = c.inconsistency(measure, llm, srm, num_invalid=4, k=5)
+    assert c.MEASURES.get(measure).of_list(logits, num_invalid=4, k=5) == expected
 
 
 def test_trusted_regret_equals_the_checked_one_with_ties_and_small_pools():

@@ -1,11 +1,17 @@
-"""Request policies: forced rules, deterministic random draws, thresholds, and budget calibration."""
+"""Request policies: forced rules, deterministic random draws, thresholds, budget calibration, the registry."""
 import math
 
 import numpy as np
 import pytest
 
-from device.runtime.policy import (Always, Budget, EveryN, Never, PolicyConfig, PolicyState, RandomRate, Threshold,
-                           build_policy, calibrate_threshold, parse_policy, uniform)
+from device.runtime.policies import (POLICIES, Calibration, Decision, PolicySpec, PolicyState, RequestPolicy,
+                                     parse_policy, uniform)
+from device.runtime.policies.always import Always
+from device.runtime.policies.budget import Budget
+from device.runtime.policies.every_n import EveryN
+from device.runtime.policies.never import Never
+from device.runtime.policies.random_rate import RandomRate
+from device.runtime.policies.threshold import Threshold
 from shared.errors import ConfigError, InvalidArgumentError
 
 
@@ -45,9 +51,8 @@ def test_random_is_deterministic_and_hits_its_rate():
 def test_calibrated_fixed_budget_uses_the_quantile():
     rng = np.random.default_rng(0)
     calib = rng.normal(20, 2, 5000)
-    thr = calibrate_threshold(calib, 0.1)
-    assert np.mean(calib >= thr) == pytest.approx(0.1, abs=0.002)
-    policy = Budget(0.1, calib, adapt=False)
+    policy = Budget(0.1, calib, adapt=False, window=calib.size)
+    assert np.mean(calib >= policy.decide(state(score=0.0)).threshold) == pytest.approx(0.1, abs=0.002)
     fresh = rng.normal(20, 2, 5000)
     hits = [policy.decide(state(event=i, score=s)).request for i, s in enumerate(fresh)]
     assert abs(np.mean(hits) - 0.1) < 0.02
@@ -102,7 +107,53 @@ def test_parse_and_build():
     assert parse_policy("random:0.3", seed=5).seed == 5
     assert parse_policy("budget:0.2").rate == 0.2
     assert parse_policy("threshold:17.5").threshold == 17.5
-    assert isinstance(build_policy(PolicyConfig(kind="always")), Always)
+    assert isinstance(PolicySpec("always").build(), Always)
+
+
+def test_every_builtin_is_registered_under_its_name_and_labelled_in_its_cli_spelling():
+    assert POLICIES.names() == ("always", "budget", "every", "never", "random", "threshold")
+    for name, cls in POLICIES.items():
+        assert cls.name == name
+    for text in ("never", "always", "every:4", "random:0.250", "threshold:17.500", "budget:0.200"):
+        assert parse_policy(text).label() == text  # a label can be pasted back on the command line
+
+
+@pytest.mark.parametrize("old", ["every-n", "every-n:3", "consistency:20", "consistency-budget:0.2", "sometimes"])
+def test_old_spellings_are_refused_naming_the_value_and_the_known_ones(old):
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_policy(old)
+    assert info.value.field == "policy" and info.value.value == old
+    assert all(usage in str(info.value) for usage in ("never", "every:N", "threshold:T", "budget:R"))
+
+
+def test_a_spec_builds_what_a_fleet_driver_asks_for():
+    assert PolicySpec("every", rate=0.2).build().n == 5
+    assert PolicySpec("every", rate=0.8).build().n == 1
+    random = PolicySpec("random", rate=1.3, seed=4).build()
+    assert (random.rate, random.seed) == (1.0, 4)  # a matched rate is clipped into [0, 1]
+    assert PolicySpec("threshold", threshold=12.5).build().threshold == 12.5
+    fixed = PolicySpec("budget", rate=0.2, calibration=Calibration(3.5, (1.0, 2.0))).build()
+    assert isinstance(fixed, Threshold) and fixed.threshold == 3.5 and not fixed.fleet_state
+    adaptive = PolicySpec("budget", rate=0.2, seed=3, calibration=Calibration(3.5, (1.0, 2.0), adaptive=True)).build()
+    assert isinstance(adaptive, Budget) and adaptive.fleet_state and adaptive.seed == 3 and adaptive._filled == 2
+    with pytest.raises(InvalidArgumentError, match="known"):
+        PolicySpec("consistency-budget", rate=0.2).build()
+
+
+def test_a_policy_registered_from_outside_is_found_by_every_entry_point():
+    class Second(RequestPolicy):
+        """Requests on the second event of each list."""
+
+        name = "second"
+        usage = "second"
+
+        def _decide(self, state):
+            return Decision(state.events_since_request == 2, "second event", state.score)
+
+    with POLICIES.registered("second", Second):
+        assert isinstance(parse_policy("second"), Second) and isinstance(PolicySpec("second").build(), Second)
+        assert [parse_policy("second").decide(state(since=s)).request for s in (1, 2, 3)] == [False, True, False]
+    assert "second" not in POLICIES
 
 
 # --- protocol B replay on ML-100K (slow): the budget policy's realised request rate -----------------
@@ -164,7 +215,7 @@ def test_budget_rate_on_ml100k_streams(ml100k_dir, rate):
     dataset = load_dataset(ml100k_dir)
     split = stream_split(dataset)
     generator = PopularityGenerator.from_sequences(split.cloud_seen, dataset.num_items)
-    export = Path(__file__).resolve().parents[2] / "runs" / "srm-sasrec" / "export" / "onnx"
+    export = Path(__file__).resolve().parents[2] / "runs" / "demo" / "srm-coop" / "onnx"  # what `make demo` exports
     reranker = load_reranker(export) if (export / "manifest.json").is_file() else _EmbeddingReranker(dataset.num_items)
     users = np.random.default_rng(0).permutation(len(split.users))
     calib, test = users[: len(users) // 2], users[len(users) // 2:]

@@ -6,7 +6,11 @@ import pytest
 
 from device.runtime import consistency
 from device.runtime.fusion import FusionConfig
-from device.runtime.policy import Always, Budget, EveryN, Never, RandomRate
+from device.runtime.policies.always import Always
+from device.runtime.policies.budget import Budget
+from device.runtime.policies.every_n import EveryN
+from device.runtime.policies.never import Never
+from device.runtime.policies.random_rate import RandomRate
 from device.runtime.artifact import load_reranker
 from device.runtime.session import DeviceSession, SessionConfig
 from shared.errors import ConfigError, InvalidArgumentError, UnavailableError, UnknownItemError

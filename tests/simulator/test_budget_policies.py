@@ -8,9 +8,9 @@ import pytest
 from dataclasses import dataclass
 
 from device.runtime.consistency import catalogue_regret
+from device.runtime.policies import Calibration, PolicySpec
 from shared.sequences import pad_left
 from simulator.config import load_sim_config
-from simulator.device_adapter import PolicySpec
 from simulator.experiments import calibrate, load_world, make_replay, plan, policy_for, run_one
 from tests.simulator.conftest import small_overrides
 
@@ -22,7 +22,7 @@ def _world(tiny_dir, *extra):
 def test_regret_sessions_score_the_whole_catalogue(tiny_dir):
     world = _world(tiny_dir, "measure='regret'")
     replay = make_replay(world, progress=False)
-    sessions = replay.sessions(PolicySpec("never"), "fusion", replay.initial_lists())
+    sessions = replay.sessions(PolicySpec("never").build(), "fusion", replay.initial_lists())
     s = world.streams
     for u in (0, 7):
         sess = sessions[u]
@@ -44,7 +44,7 @@ class _Recording(PolicySpec):
         inner, log = super().build(), self.calibration_log
 
         class Recorder:
-            name = inner.name
+            name, fleet_state, label = inner.name, inner.fleet_state, inner.label
 
             def decide(self, state):
                 log.append((state.user_id, state.event_index))
@@ -58,8 +58,9 @@ class _Recording(PolicySpec):
 def test_a_fleet_wide_budget_decides_in_global_time_order(tiny_dir):
     world = _world(tiny_dir)
     log: list = []
-    spec = _Recording("budget", rate=0.3, seed=0, calibration=tuple(np.linspace(0, 40, 101)), calibration_log=log)
-    assert spec.fleet_state and not PolicySpec("random", rate=0.3).fleet_state
+    spec = _Recording("budget", rate=0.3, seed=0, calibration=Calibration(np.inf, tuple(np.linspace(0, 40, 101)),
+                                                                          adaptive=True), calibration_log=log)
+    assert spec.build().fleet_state and not PolicySpec("random", rate=0.3).build().fleet_state
     run_one(world, {"policy": "budget", "fusion": "fusion", "seed": 0}, spec, None, progress=False)
     s = world.streams
     assert log == [(str(int(s.users[u])), int(t) + 1) for u, t in s.order]
@@ -68,13 +69,13 @@ def test_a_fleet_wide_budget_decides_in_global_time_order(tiny_dir):
 @pytest.mark.parametrize("measure", ["regret", "footrule", "lsc4rec"])
 def test_adaptive_budget_runs_near_its_rate(tiny_dir, measure):
     config = load_sim_config(None, small_overrides(tiny_dir, f"measure='{measure}'", "budget_mode='adaptive'",
-                                                   "policies=['consistency-budget']", "fusions=['fusion']"))
+                                                   "policies=['budget']", "fusions=['fusion']"))
     world = load_world(config)
     thresholds = calibrate(world, config.budgets, progress=False)
     for budget, cal in thresholds.items():
         assert len(cal["score_percentiles"]) == 101 and np.all(np.diff(cal["score_percentiles"]) >= 0)
     for run in plan(config):
-        if run["policy"] != "consistency-budget":
+        if run["policy"] != "budget":
             continue
         spec = policy_for(run, config, thresholds, {})
         assert spec.name == "budget" and spec.rate == run["budget"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConfigError
-from simulator.config import load_sim_config
+from simulator.config import PRESET_DIR, load_sim_config
 from simulator.experiments import load_world
 from tests.simulator.conftest import small_overrides
 
@@ -24,6 +24,7 @@ from tests.simulator.conftest import small_overrides
     ("budget_mode='sometimes'", "budget_mode"),
     ("srm_norm='softmax'", "srm_norm"),
     ("llm_norm='logit'", "llm_norm"),
+    ("threshold=inf", "threshold"),
 ])
 def test_bad_values_are_refused_naming_key_and_value(override, key):
     with pytest.raises(ConfigError) as info:
@@ -32,9 +33,23 @@ def test_bad_values_are_refused_naming_key_and_value(override, key):
     assert override.split("=", 1)[1].strip("[]'").split(",")[0] in str(info.value)
 
 
+@pytest.mark.parametrize("override, key, known", [
+    ("policies=['every-n']", "policies", "always, budget, every, never, random, threshold"),
+    ("policies=['consistency']", "policies", "always, budget, every, never, random, threshold"),
+    ("policies=['never', 'consistency-budget']", "policies", "always, budget, every, never, random, threshold"),
+    ("srm_norm='sigmoid'", "srm_norm", "logit, prob, rank"),
+])
+def test_old_spellings_are_refused_with_the_device_names(override, key, known):
+    """One spelling everywhere: the simulator takes the device's registry names and maps nothing."""
+    with pytest.raises(ConfigError) as info:
+        load_sim_config(None, [override])
+    old = override.split("=", 1)[1].strip("[]").split(", ")[-1].strip("'")
+    assert info.value.key == key and info.value.value == old and f"known: {known}" in str(info.value)
+
+
 def test_every_shipped_preset_loads():
-    for name in ("ml100k", "quick", "outage", "retrain", "demo"):
-        load_sim_config(name)
+    for path in sorted(PRESET_DIR.glob("*.toml")):
+        load_sim_config(path.stem)
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -78,7 +93,8 @@ def test_fusion_norms_reach_the_device_fusion_and_the_report():
     config = load_sim_config("demo")
     assert fusion_config("fusion", config.alpha, config.srm_norm, config.llm_norm) == FusionConfig(
         rule="linear", alpha=config.alpha, llm_norm="logprob", srm_norm="logit")
-    assert fusion_config("fusion", 0.5, "sigmoid") == FusionConfig(rule="reference")
+    assert fusion_config("fusion", 0.5, "prob") == FusionConfig(rule="reference")
+    assert fusion_config("fusion", 0.5, "prob", "softmax") == FusionConfig("linear", 0.5, "softmax", "prob")
     assert fusion_config("fusion", 0.2, "rank") == FusionConfig(rule="linear", alpha=0.2, srm_norm="rank")
     assert fusion_config("srm", 0.2, "logit", "logprob") == FusionConfig(rule="srm")
     assert "LLM log-probability" in _fusion_text({"alpha": 0.35, "srm_norm": "logit", "llm_norm": "logprob"})
@@ -96,7 +112,7 @@ def test_sweep_runs_each_setting_on_one_world_and_ranks_them(tiny_dir, tmp_path,
     monkeypatch.setattr(run, "load_world", lambda *a, **k: loads.append(k) or real_load_world(*a, **k))
     argv = ["simulate", "--preset", "quick", "--out", str(tmp_path / "sw"), "--quiet", "--json",
             "--sweep", "alpha=0.2,0.8", "--sweep", "srm_norm=rank,logit"]
-    for override in small_overrides(tiny_dir, "policies=['consistency-budget']", "fusions=['fusion']",
+    for override in small_overrides(tiny_dir, "policies=['budget']", "fusions=['fusion']",
                                     "device_only=false", "matched_random=false"):
         argv += ["--set", override]
     assert main(argv) == 0

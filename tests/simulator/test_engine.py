@@ -1,15 +1,16 @@
 """Protocol B replay: metrics on the slate before each event, requests counted, determinism, report files."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
-
+from device.runtime.policies import POLICIES, Decision, RequestPolicy
 from shared.records import Candidate
 from simulator.config import load_sim_config
-from simulator.device_adapter import PolicySpec
+from device.runtime.policies import PolicySpec
 from simulator.experiments import load_world, make_replay, run_one
 from simulator.run import simulate
 from tests.simulator.conftest import small_overrides
@@ -108,16 +109,17 @@ def test_retraining_pushes_new_versions_to_every_device(tiny_dir):
 
 
 def test_simulate_writes_metrics_rows_report_and_plots(tiny_dir, tmp_path):
-    config = load_sim_config(None, small_overrides(tiny_dir, "policies=['never', 'always', 'consistency-budget']"))
+    config = load_sim_config(None, small_overrides(tiny_dir, "policies=['never', 'always', 'budget']"))
     out = tmp_path / "sim"
     metrics = simulate(config, out, progress=False)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "complete" and saved["protocol"] == "B"
     ids = {r["id"] for r in saved["runs"]}
-    assert "consistency-budget-fusion-b20-s0" in ids and "random-matched-fusion-b20-s0" in ids
+    assert "budget-fusion-b20-s0" in ids and "random-matched-fusion-b20-s0" in ids
     matched = next(r for r in saved["runs"] if r["id"] == "random-matched-fusion-b20-s0")
-    twin = next(r for r in saved["runs"] if r["id"] == "consistency-budget-fusion-b20-s0")
-    assert matched["label"] == f"random@{twin['request_rate']:.3f}"
+    twin = next(r for r in saved["runs"] if r["id"] == "budget-fusion-b20-s0")
+    assert matched["label"] == f"random:{twin['request_rate']:.3f}"
+    assert twin["label"] == f"threshold:{twin['threshold']:.3f}"  # budget_mode "threshold": the calibrated one
     report = (out / "report.md").read_text()
     assert "Protocol B" in report and "NOT MET" in report or "MET" in report
     assert (out / "ndcg_vs_rate.png").stat().st_size > 1000
@@ -176,3 +178,44 @@ def test_rounds_give_the_rows_of_strict_global_order(tiny_dir, extra):
         assert rounds.rows["stale"].sum() > 0  # late and lost answers happen in this variant
     for field in rounds.rows:
         assert np.array_equal(rounds.rows[field], strict.rows[field], equal_nan=field in ("score", "latency_ms")), field
+
+
+class _NthEvent(RequestPolicy):
+    """A toy policy from outside the device package: one request, on the n-th event of each device (n from the
+    budget: n = round(1 / rate))."""
+
+    name = "nth-event"
+    usage = "nth-event:N"
+    budgeted = True
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def _decide(self, state):
+        return Decision(state.event_index == self.n, f"event {state.event_index} of {self.n}", state.score)
+
+    def label(self) -> str:
+        return f"nth-event:{self.n}"
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(int(round(1 / spec.rate)))
+
+
+def test_a_policy_registered_in_a_test_runs_end_to_end_through_the_simulator(tiny_dir, tmp_path):
+    with POLICIES.registered("nth-event", _NthEvent):
+        config = load_sim_config(None, small_overrides(tiny_dir, "policies=['nth-event', 'never']",
+                                                       "fusions=['fusion']", "device_only=false"))
+        simulate(config, tmp_path / "sim", progress=False)
+    saved = json.loads((tmp_path / "sim" / "metrics.json").read_text())
+    runs = {r["id"]: r for r in saved["runs"]}
+    assert set(runs) == {"nth-event-fusion-b20-s0", "nth-event-fusion-b50-s0", "never-fusion-s0"}
+    assert runs["never-fusion-s0"]["requests"] == 0  # nothing forced on this grid: every request below is the toy's
+    for budget, n in ((20, 5), (50, 2)):
+        run = runs[f"nth-event-fusion-b{budget}-s0"]
+        assert run["label"] == f"nth-event:{n}" and run["requests"] == run["users"] == 30
+        with (tmp_path / "sim" / "rows" / f"nth-event-fusion-b{budget}-s0.csv").open() as fh:
+            requested_steps = {int(row["step"]) for row in csv.DictReader(fh) if row["requested"] == "True"}
+        assert requested_steps == {n - 1}  # its decisions took effect: one request per device, after event n
+    assert "nth-event" in (tmp_path / "sim" / "report.md").read_text()
+    assert "nth-event" not in POLICIES

@@ -16,7 +16,7 @@ FIGURES = ("hr@10", "ndcg@10", "mrr@10", "request_rate", "requests", "stale_slat
 
 
 def test_inprocess_and_grpc_give_identical_metrics(tiny_dir, tmp_path):
-    extra = ("policies=['always', 'random', 'consistency-budget']", "fusions=['fusion', 'llm']", "budgets=[0.3]",
+    extra = ("policies=['always', 'random', 'budget']", "fusions=['fusion', 'llm']", "budgets=[0.3]",
              "network.loss=0.1", "device_only=false")
     local = simulate(load_sim_config(None, small_overrides(tiny_dir, *extra)), tmp_path / "local", progress=False)
     # The server gets the very generator the in-process mode built (popularity over what the cloud saw).
