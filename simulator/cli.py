@@ -17,7 +17,8 @@ GROUPS = {
     "device": "run or benchmark the device client",
 }
 # Modules that add subcommands; each has register(groups). Missing ones (partial installs) are skipped.
-REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.text.cli", "cloud.cli", "device.training.cli", "device.runtime.cli", "simulator.commands")
+REGISTRARS = ("shared.cli", "cloud.llm_cli", "cloud.text.cli", "cloud.cli", "device.training.cli", "device.runtime.cli",
+              "simulator.commands", "simulator.pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
