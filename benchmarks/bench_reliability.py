@@ -210,7 +210,7 @@ def _device_loop(sessions, new_session, stop: threading.Event, rng: random.Rando
 
 def soak(seconds: float, devices: int = 100, workers: int = 8, sample_s: float = 5.0) -> None:
     from device.runtime.client import ClientConfig, CloudClient
-    from device.runtime.policy import EveryN
+    from device.runtime.policies.every_n import EveryN
     from device.runtime.artifact import load_reranker
     from device.runtime.session import DeviceSession, SessionConfig
     from shared.data.dataset import write_dataset

@@ -22,7 +22,7 @@ def _config(*extra: str):
 
 
 def bench_inprocess() -> None:
-    from simulator.device_adapter import PolicySpec
+    from device.runtime.policies import PolicySpec
     from simulator.experiments import load_world, make_replay, warm
 
     config = _config()
@@ -34,17 +34,17 @@ def bench_inprocess() -> None:
     replay = make_replay(world, progress=False)
     initial = replay.initial_lists()
     start = time.perf_counter()
-    result = replay.run(PolicySpec("consistency", threshold=config.threshold), "fusion", 0, initial=initial)
+    result = replay.run(PolicySpec("threshold", threshold=config.threshold), "fusion", 0, initial=initial)
     replay_s = time.perf_counter() - start
     events = len(result.rows["user"])
-    emit("sim_inprocess_replay", seed=0, users=len(world.streams.users), events=events, policy="consistency",
+    emit("sim_inprocess_replay", seed=0, users=len(world.streams.users), events=events, policy="threshold",
          fusion="fusion", replay_s=replay_s, events_per_s=events / replay_s, load_s=loaded - began,
          warm_s=warmed - loaded, total_s=time.perf_counter() - began, target_s=30.0, met=replay_s <= 30.0,
          generator=getattr(world.generator, "version", "?"), srm=world.scorer.version)
 
 
 def bench_grpc() -> None:
-    from simulator.device_adapter import PolicySpec
+    from device.runtime.policies import PolicySpec
     from simulator.experiments import load_world, make_replay
     from simulator.cloud_link import GrpcSource
     from simulator.server_proc import ServerProcess
@@ -52,7 +52,7 @@ def bench_grpc() -> None:
     llm = os.environ.get("LSC4REC_BENCH_LLM", "")
     server = ServerProcess(llm, dataset_dir=str(REPO / "data" / "ml-100k")).start()
     try:
-        for policy in (PolicySpec("consistency", threshold=_config().threshold), PolicySpec("always")):
+        for policy in (PolicySpec("threshold", threshold=_config().threshold), PolicySpec("always")):
             config = _config("mode='grpc'", f"server='{server.address}'")
             source = GrpcSource(server.address, 1682, config.grpc_concurrency)
             world = load_world(config, source=source)

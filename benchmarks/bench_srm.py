@@ -66,7 +66,7 @@ def main() -> None:
         for fmt, folder in folders.items():
             file = next(p for p in folder.iterdir() if p.name.startswith("model."))
             emit("srm_file_size", variant=fmt, bytes=file.stat().st_size, model=name, source=source)
-        # onnxruntime in the device's session (device.runtime.artifact.ort_session)
+        # onnxruntime in the device's session (device.runtime.backend.ort_session)
         runners = {"torch-eager": None, "onnx-fp32": onnx_runner(folders["onnx"] / "model.onnx", threads=1),
                    "onnx-int8": onnx_runner(folders["onnx-int8"] / "model.onnx", threads=1),
                    "executorch-xnnpack": pte_runner(folders["pte"] / "model.pte")}

@@ -27,7 +27,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                        help="model preset: compact (from scratch, id tokens; the default), compact-text (from "
                             "scratch, text-grounded item tokens; needs --vectors), smollm2-135m (the first "
                             "model.layers pretrained SmolLM2-135M blocks on text-grounded item tokens; needs "
-                            "--vectors), tiny (tests), folder (set model.folder=DIR); wins over --config's preset")
+                            "--vectors), compact-semantic (semantic-id tokens), tiny (tests), folder (set model.folder=DIR): the files "
+                            "in cloud/llm/presets/, or a path to a TOML file; --config's values go over it")
     train.add_argument("--vectors", type=Path, default=None,
                        help="item vectors from `lsc4rec embed items` (.npz): ground the item tokens in item text")
     train.add_argument("--out", type=Path, required=True, help="output folder for the trained model")

@@ -1,7 +1,7 @@
 """The CandidateGenerator protocol (what the cloud serves), a popularity stand-in, and the generator registry."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -98,10 +98,3 @@ def generator_from_spec(spec: str, dataset, seen: Sequence[np.ndarray] | None = 
     if scheme not in GENERATORS:
         raise ConfigError("generator", spec, f"unknown generator (known: {', '.join(GENERATORS.names())})")
     return GENERATORS.get(scheme)(arg, dataset, seen, threads)
-
-
-def register_loader(scheme: str, loader: Callable[[str, Any], CandidateGenerator]) -> None:
-    """Deprecated: generators register themselves in cloud/generators/. Kept only while simulator.cli still
-    registers its `loader(arg, dataset)` for "llm"; a scheme the cloud already provides is left as it is."""
-    if scheme not in GENERATORS:
-        GENERATORS.register(scheme, lambda arg, dataset, seen=None, threads=0: loader(arg, dataset))

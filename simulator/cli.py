@@ -33,27 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         groups[name] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     groups["_top"] = top
     for module in REGISTRARS:
-        try:
-            registrar = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in {"cloud", "device", "simulator", "shared"}:
-                continue  # the package is not part of this install
-            raise
-        registrar.register(groups)
+        importlib.import_module(module).register(groups)
     return parser
-
-
-def _load_llm(folder: str, dataset):
-    from cloud.llm import load_generator
-
-    return load_generator(folder, dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from shared.generator import register_loader
-
-    register_loader("llm", _load_llm)  # the composition root wires cloud into offline device jobs
     try:
         return int(args.func(args) or 0)
     except LSC4RecError as exc:

@@ -65,7 +65,7 @@ class SimConfig:
     """One experiment: protocol B parameters, models, the policy x fusion x budget x seed grid."""
 
     data: str = "data/ml-100k"
-    llm: str = ""  # HF folder of the cloud LLM; "" = popularity stand-in
+    llm: str = ""  # cloud generator: a spec ("llm:DIR", a registered NAME[:ARG]) or an LLM folder; "" = popularity
     srm: str = ""  # exported SRM folder (manifest.json + model); "" = numpy Markov stand-in
     srm_format: Literal["onnx", "pte"] = "onnx"
     stream_length: int = 10  # S

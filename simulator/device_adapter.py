@@ -7,8 +7,7 @@ import numpy as np
 from tqdm import tqdm
 
 from device.runtime.fusion import FusionConfig
-from device.runtime.policies import Policy, PolicySpec  # noqa: F401 (PolicySpec: imported from here by
-# tests/reliability/test_sim_outage.py and benchmarks/bench_sim.py; new code imports device.runtime.policies)
+from device.runtime.policies import Policy
 from device.runtime.session import DeviceSession, SessionConfig
 from shared.errors import InvalidArgumentError
 from shared.sequences import pad_left

@@ -284,7 +284,7 @@ def check_cold_models(config: SimConfig) -> None:
         raise ConfigError("srm", config.srm, "protocol C needs the SRM's checkpoint (srm.pt) beside its export, to "
                                              "check that it was trained without the cold items")
     if config.srm:
-        from device.training.train import load_checkpoint
+        from device.training.artifacts import load_checkpoint
 
         _, record = load_checkpoint(ckpt)
         recorded_draw("cold-stream", config.cold_seed, config.cold_fraction, record, f"srm {ckpt}")

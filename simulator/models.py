@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from device.runtime.artifact import load_reranker as load_device
-from shared.generator import PopularityGenerator
+from shared.generator import GENERATORS, PopularityGenerator, generator_from_spec
 
 
 class Reranker(Protocol):
@@ -48,13 +48,14 @@ def popularity_generator(sequences: Sequence[np.ndarray], num_items: int) -> Pop
     return PopularityGenerator.from_sequences(list(sequences), num_items)
 
 
-def load_generator(folder: str, dataset, cloud_seen: Sequence[np.ndarray]):
-    """The cloud LLM from its folder, or the popularity stand-in fitted on what the cloud has seen."""
-    if not folder:
+def load_generator(spec: str, dataset, cloud_seen: Sequence[np.ndarray]):
+    """The cloud generator of a spec through the generator registry ("popularity", "llm:DIR", a registered
+    "NAME[:ARG]"; a bare folder names the LLM), or the popularity stand-in fitted on what the cloud has seen."""
+    if not spec:
         return popularity_generator(cloud_seen, dataset.num_items)
-    from cloud.llm import load_generator as load_llm
-
-    return load_llm(Path(folder), dataset)
+    if spec.partition(":")[0] not in GENERATORS:
+        spec = f"llm:{spec}"
+    return generator_from_spec(spec, dataset, cloud_seen)
 
 
 def load_reranker(folder: str, fmt: str, dataset, past: Sequence[np.ndarray]):

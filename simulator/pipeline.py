@@ -536,12 +536,9 @@ def run(plan: Plan) -> dict:
 # The user's file ----------------------------------------------------------------------------------------------
 
 def _formats() -> list[str]:
-    try:
-        from shared.data.readers import READERS
-    except ModuleNotFoundError:  # the layout before the readers became a registry
-        from shared.data.formats import READERS
+    from shared.data.readers import READERS
 
-    return list(READERS.names()) if hasattr(READERS, "names") else sorted(READERS)
+    return list(READERS.names())
 
 
 def detect_format(path: Path) -> str:

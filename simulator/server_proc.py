@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from shared.errors import UnavailableError
+from shared.generator import GENERATORS
 
 
 def free_port() -> int:
@@ -31,8 +32,9 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "simulator.cli", "cloud", "serve", "--address", self.address]
-        if self.llm:
-            cmd += ["--llm", self.llm, "--data", self.dataset_dir]
+        if self.llm:  # a generator spec ("llm:DIR", a registered NAME[:ARG]) or a bare LLM folder
+            flag = "--generator" if self.llm.partition(":")[0] in GENERATORS else "--llm"
+            cmd += [flag, self.llm, "--data", self.dataset_dir]
         else:  # the server's own popularity stand-in (counts over the whole dataset file)
             cmd += ["--popularity", self.dataset_dir]
         if self.models:

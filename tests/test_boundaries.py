@@ -9,6 +9,8 @@ HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "onnxscript", "executor
 
 
 def _imports(path: Path) -> set[str]:
+    """Top-level names a module imports: import statements, and importlib.import_module("x")/__import__("x")
+    calls with a literal name (an import the statement check would miss)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names = set()
     for node in ast.walk(tree):
@@ -16,7 +18,15 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func) and node.args \
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            names.add(node.args[0].value.split(".")[0])
     return names
+
+
+def _is_dynamic_import(func: ast.expr) -> bool:
+    return (isinstance(func, ast.Attribute) and func.attr == "import_module") or \
+        (isinstance(func, ast.Name) and func.id in ("import_module", "__import__"))
 
 
 def _forbidden(path: Path) -> set[str]:
@@ -34,7 +44,10 @@ def _package_rule(path: Path) -> set[str]:
     if package == "device":
         banned = {"cloud", "simulator", "ray"}
         if rest[0] == "runtime":  # the on-device runtime: onnxruntime/executorch runtimes only, never torch
-            return banned | (HEAVY - {"onnxruntime", "executorch"})
+            allowed = {"onnxruntime", "executorch"}
+            if rest[-1] == "executorch_backend.py":  # ExecuTorch's Python bindings take torch tensors
+                allowed |= {"torch"}
+            return banned | (HEAVY - allowed)
         return banned
     return set()
 
@@ -53,3 +66,9 @@ def test_only_the_ray_backend_imports_ray():
     packages = ("shared", "cloud", "device", "simulator", "benchmarks")
     users = [p for pkg in packages for p in (REPO / pkg).rglob("*.py") if "ray" in _imports(p)]
     assert all(p.name == "ray_backend.py" for p in users), users
+
+
+def test_a_dynamic_import_of_torch_in_the_runtime_is_caught(tmp_path):
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text('import importlib\nnn = importlib.import_module("torch.nn")\nt = __import__("transformers")\n')
+    assert {"torch", "transformers"} <= _imports(sneaky) & _forbidden(REPO / "device" / "runtime" / "sneaky.py")

@@ -46,17 +46,6 @@ class ModelConfig:
         check(self.cold_boost >= 0, "model.cold_boost", self.cold_boost, "must be 0 or more")
 
 
-def preset_defaults(name: str) -> dict:
-    """Overrides a preset applies to ModelConfig's defaults (a TOML/CLI value wins over these)."""
-    if name == "tiny":
-        return {"preset": "tiny", "hidden": 32, "layers": 2, "heads": 2, "intermediate": 64}
-    if name in ("compact", "folder"):
-        return {"preset": name}
-    if name in ("compact-text", "smollm2-135m"):  # LLaRA-style: the pretrained blocks read text-grounded items
-        return {"preset": name, "grounding": "text"}
-    raise ConfigError("preset", name, f"unknown preset (known: {', '.join(PRESETS)})")
-
-
 def scratch_config(config: ModelConfig, vocab_size: int, depth: int):
     """A transformers config for a from-scratch model whose vocabulary is the item tokens."""
     positions = 1 + depth * (config.max_history + 1) + 8

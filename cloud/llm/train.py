@@ -12,16 +12,18 @@ from tqdm import tqdm
 
 from cloud.llm.evaluate import evaluate_examples
 from cloud.llm.generate import LLMGenerator
-from cloud.llm.model import ModelConfig, build_model, count_parameters, preset_defaults
+from cloud.llm.model import ModelConfig, build_model, count_parameters
 from cloud.llm.semantic_ids import BOS, NUM_SPECIAL, PAD, ItemIndex, TokenizerConfig, build_index
 from cloud.llm.store import save_run
-from shared.config import apply_overrides, check, from_dict, read_toml
+from shared.config import apply_overrides, check, from_dict, read_toml, resolve_preset
 from shared.data.cold import loo_cold_split, stream_cold_split
 from shared.data.dataset import Dataset
 from shared.data.splits import Examples, TrainSplit, loo_split, stream_split
 from shared.errors import ConfigError
 
 PROTOCOLS = ("stream", "loo", "cold", "cold-stream")
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # NAME.toml per preset, shipped as package data
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,17 @@ class LLMConfig:
 
 def load_llm_config(preset: str | None = None, path: str | Path | None = None,
                     overrides: Sequence[str] = ()) -> LLMConfig:
-    """Defaults < preset < TOML file < `key=value` overrides; a given `preset` names the preset over the file's."""
-    values = read_toml(path) if path is not None else {}
-    model = values.setdefault("model", {})
-    model["preset"] = preset or model.get("preset", "compact")
-    for key, value in preset_defaults(model["preset"]).items():
-        model.setdefault(key, value)
+    """Code defaults < the preset file (cloud/llm/presets/NAME.toml: `preset`, else the --config file's
+    model.preset, else compact) < the TOML file at `path` < `key=value` overrides. A given `preset` names the
+    model preset over the file's."""
+    given = read_toml(path) if path is not None else {}
+    name = preset or given.get("model", {}).get("preset", "compact")
+    values = read_toml(resolve_preset(PRESET_DIR, name, "preset"))
+    family = values.get("model", {}).get("preset", "compact")  # e.g. compact-semantic.toml builds a compact model
+    for section, table in given.items():
+        values[section] = {**values.get(section, {}), **table} if isinstance(table, dict) else table
+    if preset:
+        values.setdefault("model", {})["preset"] = family
     apply_overrides(values, list(overrides))
     return from_dict(LLMConfig, values)
 
@@ -217,8 +224,8 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
         if grounding is not None:
             grounding.train()
         losses = []
+        order = rng.permutation(len(data)) if len(data) else []
         for start in range(0, len(data), tc.batch_size):
-            order = rng.permutation(len(data)) if start == 0 else order
             batch = [data[i] for i in order[start:start + tc.batch_size]]
             loss = batch_loss(model, *batch_tensors(batch, index), bias, tc.embedding_dropout, grounding,
                               tc.mask_untrained)

@@ -32,7 +32,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from device.runtime.artifact import Reranker
+from device.runtime.backend import Reranker
 from device.runtime.consistency import MEASURES
 from device.runtime.fusion import FusionConfig, ListFusion, neutral_untrained, untrained_mask
 from device.runtime.policies import Decision, Policy, PolicyState

@@ -3,7 +3,7 @@ functions of an exported artifact (ONNX, ExecuTorch).
 
 Training writes checkpoints, export reads them and checks its files' scores, evaluation scores both: they all
 meet here, below training, so that none of them imports another. ONNX files run in the device runtime's own
-session (device.runtime.artifact.ort_session), so parity, golden scores and `eval srm --artifact` measure the
+session (device.runtime.backend.ort_session), so parity, golden scores and `eval srm --artifact` measure the
 graph a device runs.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from device.runtime.artifact import ort_session
+from device.runtime.backend import ort_session
 from device.training.models import build_model
 from shared.config import to_dict
 from shared.errors import CatalogMismatchError, ConfigError, ManifestError

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-# load_checkpoint is re-exported: simulator.experiments and older callers import it from here.
-from device.training.artifacts import CHECKPOINT_NAME, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: F401
+from device.training.artifacts import CHECKPOINT_NAME, make_checkpoint, save_checkpoint
 from device.training.evaluate import evaluate, model_score_fn
 from device.training.models import build_model
 from device.training.models.common import dot_scores

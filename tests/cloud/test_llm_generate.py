@@ -1,13 +1,15 @@
 """LLMGenerator: exactly n distinct valid unseen items, exact beam search, batching, typed errors."""
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.llm.generate import LLMGenerator
-from cloud.llm.model import ModelConfig, build_model, preset_defaults
+from cloud.llm.model import build_model
+from cloud.llm.train import load_llm_config
 from cloud.llm.semantic_ids import BOS, TokenizerConfig, atomic_index, build_index
 from shared.errors import InvalidArgumentError, UnknownItemError
 from tests.conftest import synthetic_dataset
@@ -22,7 +24,7 @@ def _generator(kind: str, beam_width: int = 0, batch_size: int = 64) -> LLMGener
     ds = synthetic_dataset(num_items=NUM_ITEMS)
     emb = np.random.default_rng(0).normal(size=(NUM_ITEMS, 8))
     index = build_index(ds.items, TokenizerConfig(kind=kind, levels=2, codebook_size=4), embeddings=emb)
-    config = ModelConfig(**preset_defaults("tiny"), max_history=12)
+    config = dataclasses.replace(load_llm_config("tiny").model, max_history=12)
     model = build_model(config, index.vocab_size, index.depth, seed=0)
     return LLMGenerator(model, index, config.max_history, beam_width=beam_width, batch_size=batch_size)
 
@@ -166,7 +168,7 @@ def test_last_position_prompt_pass_gives_the_lists_of_the_full_forward(arch, kin
     ds = synthetic_dataset(num_items=NUM_ITEMS)
     emb = np.random.default_rng(0).normal(size=(NUM_ITEMS, 8))
     index = build_index(ds.items, TokenizerConfig(kind=kind, levels=2, codebook_size=4), embeddings=emb)
-    config = ModelConfig(**{**preset_defaults("tiny"), "arch": arch}, max_history=12)
+    config = dataclasses.replace(load_llm_config("tiny").model, arch=arch, max_history=12)
     gen = LLMGenerator(build_model(config, index.vocab_size, index.depth, seed=1), index, config.max_history)
     assert (gen._last_layer is not None) == (arch != "gpt2")  # gpt2 keeps the plain forward
     layers = gen.model.base_model.layers if arch != "gpt2" else gen.model.transformer.h

@@ -176,7 +176,7 @@ def _eval(cold_run, capsys, *extra):
 
 
 def test_train_and_eval_srm_on_protocol_c(cold_run, capsys, tmp_path):
-    from device.training.train import load_checkpoint
+    from device.training.artifacts import load_checkpoint
 
     root, trained = cold_run
     assert trained["protocol"] == "cold" and trained["cold_seed"] == 1 and trained["cold_fraction"] == 0.1
@@ -208,7 +208,7 @@ def test_eval_srm_refuses_another_cold_draw_in_one_line(cold_run, capsys, extra,
 def test_checkpoints_without_cold_fields_still_load_and_are_refused_on_protocol_c(cold_run, capsys, tmp_path):
     import torch
 
-    from device.training.train import load_checkpoint, save_checkpoint
+    from device.training.artifacts import load_checkpoint, save_checkpoint
 
     root, _ = cold_run
     old = torch.load(root / "run" / "srm.pt", weights_only=True)

@@ -138,7 +138,7 @@ def test_artifact_evaluation_matches_eager(model, exported, tiny_dataset):
 
 def test_offline_scores_are_the_device_runtimes(exported):
     """`eval srm --artifact` (and export's parity and golden check) run an ONNX file in the session a device
-    runs it in (device.runtime.artifact.ort_session): the same graph optimisations, the same scores."""
+    runs it in (device.runtime.backend.ort_session): the same graph optimisations, the same scores."""
     from device.runtime.artifact import load_reranker
     from device.training.artifacts import artifact_score_fn
 

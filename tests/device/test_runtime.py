@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from device.runtime.artifact import ModelHolder, OnnxReranker, load_reranker
+from device.runtime.artifact import ModelHolder, load_reranker
+from device.runtime.backend import OnnxReranker
 from shared.errors import CatalogMismatchError, InvalidArgumentError, ManifestError, UnknownItemError
 from shared.manifest import MANIFEST_NAME, read_manifest
 from shared.records import ModelFormat

@@ -23,8 +23,9 @@ from device.training.evaluate import evaluate, model_score_fn
 from device.training.finetune import finetune
 from device.training.models import MODELS, build_model
 from device.training.models.common import SequentialRecommender, dot_scores
+from device.training.artifacts import load_checkpoint
 from device.training.train import (Epoch, ListLoss, Selection, TrainConfig, _windows, batch_loss, fit, fixed_batches,
-                                   load_checkpoint, train, untrained_items)
+                                   train, untrained_items)
 from shared.config import check
 from shared.data.dataset import RawItem, build_dataset, write_dataset
 from shared.data.splits import Examples, loo_split, stream_split

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.server import ServerConfig, create_server
 from device.runtime.client import ClientConfig, CloudClient, retry_service_config
-from device.runtime.policy import Always
+from device.runtime.policies.always import Always
 from device.runtime.session import DeviceSession, SessionConfig
 from shared.errors import LSC4RecError
 from shared.records import CandidateRequest

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.fault
 def test_simulated_ten_minute_outage_warm_devices_keep_valid_slates(tmp_path):
     from shared.data.dataset import write_dataset
     from simulator.config import load_sim_config
-    from simulator.device_adapter import PolicySpec
+    from device.runtime.policies import PolicySpec
     from simulator.experiments import load_world, make_replay
     from tests.conftest import synthetic_dataset
 
