@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shared.config import check
+
 NEG_INF = -1e9  # large negative instead of -inf: exported graphs and softmax stay finite
 
 
@@ -43,6 +45,14 @@ class SequentialRecommender(nn.Module):
             cands = items[start:start + chunk].unsqueeze(0).expand(batch, -1)
             parts.append(self.forward(history, cands))
         return torch.cat(parts, dim=1)
+
+
+def check_common_fields(config) -> None:
+    """The checks of the fields the built-in models' configs share: num_items and max_len at least 1, dropout in
+    [0, 1) (a config's `__post_init__` calls it, then checks its own fields)."""
+    check(config.num_items >= 1, "num_items", config.num_items, "must be at least 1")
+    check(config.max_len >= 1, "max_len", config.max_len, "must be at least 1")
+    check(0.0 <= config.dropout < 1.0, "dropout", config.dropout, "must be in [0, 1)")
 
 
 def dot_scores(vectors: torch.Tensor, user: torch.Tensor) -> torch.Tensor:

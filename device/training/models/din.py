@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from device.training.models import MODELS
-from device.training.models.common import HistoryBias, SequentialRecommender
-from shared.config import check
+from device.training.models.common import HistoryBias, SequentialRecommender, check_common_fields
 
 
 @dataclass(frozen=True)
@@ -24,9 +23,7 @@ class DINConfig:
     history_bias: bool = False  # learn a score offset for items already in the history (HistoryBias)
 
     def __post_init__(self):
-        check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
-        check(self.max_len >= 1, "max_len", self.max_len, "must be at least 1")
-        check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        check_common_fields(self)
 
 
 @MODELS.register("din")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from device.training.models import MODELS
-from device.training.models.common import NEG_INF, HistoryBias, SequentialRecommender, dot_scores
+from device.training.models.common import NEG_INF, HistoryBias, SequentialRecommender, check_common_fields, dot_scores
 from shared.config import check
 
 
@@ -24,10 +24,8 @@ class GRU4RecConfig:
     history_bias: bool = False  # learn a score offset for items already in the history (HistoryBias)
 
     def __post_init__(self):
-        check(self.num_items >= 1, "num_items", self.num_items, "must be at least 1")
-        check(self.max_len >= 1, "max_len", self.max_len, "must be at least 1")
+        check_common_fields(self)
         check(self.layers >= 1, "layers", self.layers, "must be at least 1")
-        check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
 
 
 @MODELS.register("gru4rec")

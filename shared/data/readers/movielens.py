@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from shared.data.dataset import RawItem
 from shared.data.lines import (clean_genres, nonempty, parse_int, parse_number, parse_year, read_lines, require_file,
@@ -26,6 +27,17 @@ def _rating_events(path: Path, sep: str | None) -> Events:
         parse_number(path, line_no, "rating", rating)
         yield (nonempty(path, line_no, "user", user), nonempty(path, line_no, "item", item),
                parse_int(path, line_no, "timestamp", ts))
+
+
+def _ratings_and_items(path: Path, ratings: str, sep: str | None, movies: str,
+                       read_items: Callable[[Path], dict[str, RawItem]]) -> tuple[Events, dict[str, RawItem]]:
+    """A release's folder holding `ratings` (and optionally `movies`), or that ratings file itself: its events,
+    and the items of the `movies` file beside it (none without one)."""
+    path = Path(path)
+    data = require_file(path if path.is_file() else path / ratings)
+    item_file = data.parent / movies
+    items = read_items(item_file) if item_file.is_file() else {}
+    return _rating_events(data, sep), items
 
 
 def _ml100k_items(path: Path) -> dict[str, RawItem]:
@@ -54,11 +66,7 @@ def _ml100k_items(path: Path) -> dict[str, RawItem]:
 @READERS.register("movielens-100k-raw")
 def read_movielens_100k(path: Path) -> tuple[Events, dict[str, RawItem]]:
     """MovieLens-100K as GroupLens ships it: a folder with u.data (and optionally u.item), or u.data itself."""
-    path = Path(path)
-    data = require_file(path if path.is_file() else path / "u.data")
-    item_file = data.parent / "u.item"
-    items = _ml100k_items(item_file) if item_file.is_file() else {}
-    return _rating_events(data, None), items
+    return _ratings_and_items(path, "u.data", None, "u.item", _ml100k_items)
 
 
 def _ml1m_items(path: Path) -> dict[str, RawItem]:
@@ -81,8 +89,4 @@ def _ml1m_items(path: Path) -> dict[str, RawItem]:
 @READERS.register("movielens-1m")
 def read_movielens_1m(path: Path) -> tuple[Events, dict[str, RawItem]]:
     """MovieLens-1M: a folder with ratings.dat (and optionally movies.dat), or ratings.dat itself."""
-    path = Path(path)
-    data = require_file(path if path.is_file() else path / "ratings.dat")
-    item_file = data.parent / "movies.dat"
-    items = _ml1m_items(item_file) if item_file.is_file() else {}
-    return _rating_events(data, "::"), items
+    return _ratings_and_items(path, "ratings.dat", "::", "movies.dat", _ml1m_items)
