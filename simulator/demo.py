@@ -1,9 +1,9 @@
 """`make demo`: the whole story on ML-100K — data, LLM, SASRec (independent + cooperative), export, a real
 cloud server, all 943 users replayed through gRPC device clients, the report and the headline table.
 
-It is `lsc4rec pipeline` (simulator/pipeline.py) applied to MovieLens-100K, fetched first into data/ml-100k,
-with the pipeline's defaults (the demo's measured settings). Every stage leaves a finished marker; a re-run skips
-finished stages (delete a folder to redo it).
+It is `lsc4rec pipeline` (simulator/pipeline.py and its pipeline_* modules) applied to MovieLens-100K, fetched
+first into data/ml-100k, with the pipeline's defaults (the demo's measured settings). Every stage leaves a finished
+marker; a re-run skips finished stages (delete a folder to redo it).
 Usage: python -m simulator.demo --out runs/demo [--llm DIR] [--srm-indep DIR] [--srm-coop DIR] [pipeline options]
 """
 from __future__ import annotations
@@ -12,15 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared.data.prepare import prepare
 from shared.errors import LSC4RecError
-from simulator.pipeline import REPO, Plan, add_model_options, parse_seeds, run
+from simulator.pipeline_options import add_model_options, parse_seeds
+from simulator.pipeline_plan import REPO, Plan
+from simulator.pipeline_run import run
 
 DATA = REPO / "data" / "ml-100k"
 
 
 def _prepare() -> None:
-    from shared.data.prepare import prepare
-
     prepare("ml-100k", DATA)
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from simulator.cli import main
-from simulator.pipeline import Commands, add_model_options, detect_format
+from simulator.pipeline_input import detect_format
+from simulator.pipeline_options import add_model_options
+from simulator.pipeline_plan import Commands
 from shared.errors import LSC4RecError
 
 # Tiny models and the quick grid: the whole chain in well under a minute on 2 cores.
