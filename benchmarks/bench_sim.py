@@ -63,7 +63,7 @@ def bench_grpc() -> None:
             source.close()
             events = len(result.rows["user"])
             requests = int(result.rows["requested"].sum()) + len(world.streams.users)
-            emit("sim_grpc_replay", seed=0, policy=policy.label(), users=len(world.streams.users), events=events,
+            emit("sim_grpc_replay", seed=0, policy=policy.build().label(), users=len(world.streams.users), events=events,
                  cloud_calls=requests, wall_s=took, events_per_s=events / took, calls_per_s=requests / took,
                  target_events_per_s=500, met=events / took >= 500, generator="llm" if llm else "popularity (server)")
     finally:
