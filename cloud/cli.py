@@ -1,7 +1,8 @@
-"""`lsc4rec cloud serve` and `lsc4rec cloud publish` (registrar: imports nothing heavy at top level)."""
+"""`lsc4rec cloud serve`, `cloud publish` and `cloud publish-llm` (registrar: imports nothing heavy at top level)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import threading
@@ -28,12 +29,18 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     source.add_argument("--popularity", type=Path, metavar="DATA_DIR",
                         help="serve the popularity stand-in built from this prepared dataset folder (counts "
                              "exclude protocol B's stream and cloud lag: the last 13 items of each user)")
+    source.add_argument("--generators", type=Path, metavar="GEN_DIR",
+                        help="folder of generator versions written by `cloud publish-llm`: serve the newest valid "
+                             "one (its catalogue must extend --data's) and switch to a newer one published while "
+                             "running (scanned every generator_poll_s seconds, see --set; loaded and warmed up "
+                             "before the switch; a bad one is refused with one log line and the current one stays)")
     source.add_argument("--generator", metavar="SPEC",
                         help="a registered generator, SCHEME[:ARG] (cloud/generators/: popularity, llm:FOLDER, ...), "
                              "over --data; it learns from what --popularity counts (protocol B's cloud view)")
     serve.add_argument("--data", type=Path, default=None,
-                       help="prepared dataset folder the LLM was trained on (required with --llm and --generator; its "
-                            "catalogue is checked)")
+                       help="prepared dataset folder the LLM was trained on (required with --llm, --generators and "
+                            "--generator; its catalogue is checked; with --generators the served version's catalogue "
+                            "must extend it)")
     serve.add_argument("--models", type=Path, default=None,
                        help="folder of published device artifacts (one subfolder per version; rescanned live)")
     serve.add_argument("--address", default=None, help="host:port to bind (default 127.0.0.1:50051; port 0 = any)")
@@ -61,6 +68,49 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     publish.add_argument("--models", type=Path, required=True, help="models folder the server serves")
     add_json_flag(publish)
     publish.set_defaults(func=handler("cloud.cli", "publish_main"))
+
+    grow = groups["cloud"].add_parser(
+        "publish-llm", help="publish a text-grounded LLM as a generator version, grown to a catalogue with new items",
+        description="Write a new generator version folder into --generators (staged, then renamed; a server "
+                    "started with `cloud serve --generators` switches to it). --data must extend the catalogue the "
+                    "--llm folder serves: the same items with the same ids in the same order, new items appended, "
+                    "each with text. Each new item's token is proj(its text vector) with no id residual, exactly "
+                    "what an item no training interaction taught gets, and it counts as untrained for cold_boost. "
+                    "Bad input is refused (exit code 2, one line naming the file and field) before anything is "
+                    "written; an id-only generator cannot grow.")
+    grow.add_argument("--llm", type=Path, required=True,
+                      help="text-grounded LLM folder: a `train llm` output (e.g. --preset compact-text) or a version "
+                           "folder written by this command")
+    grow.add_argument("--data", type=Path, required=True,
+                      help="prepared dataset folder of the grown catalogue (the --llm folder's items first, new ones "
+                           "after)")
+    grow.add_argument("--generators", type=Path, required=True,
+                      help="folder of generator versions (created if missing); the new one goes into llm-<version>/")
+    vectors = grow.add_mutually_exclusive_group(required=True)
+    vectors.add_argument("--vectors", type=Path, default=None,
+                         help="item vectors of the grown catalogue (.npz from `embed items --whitening-from "
+                              "LLM/item_text.npz`): its old items' rows must equal the model's")
+    vectors.add_argument("--encoder", default=None,
+                         help="embed the new items now with this encoder (smollm2-135m, minilm, folder:PATH; the one "
+                              "that made the model's vectors), with their pooling, prompt and whitening; cached, so "
+                              "texts embedded before cost nothing")
+    grow.add_argument("--batch-size", type=int, default=16, help="with --encoder: texts per forward pass")
+    add_json_flag(grow)
+    grow.set_defaults(func=handler("cloud.cli", "publish_llm_main"))
+
+
+def _serve_versions(server, args: argparse.Namespace, config) -> None:
+    """--generators: serve the newest valid version now, then watch the folder for newer ones."""
+    from cloud.generator_versions import GeneratorWatcher
+    from shared.data.catalog import CatalogRef
+
+    if args.data is None:
+        raise ConfigError("--data", None, "the dataset folder the generators' catalogue extends is required with "
+                                          "--generators")
+    watcher = GeneratorWatcher(server, args.generators, CatalogRef.of(load_dataset(args.data).items),
+                               config.generator_poll_s, config.generator_threads)
+    server.on_stop(watcher.stop)
+    watcher.start()
 
 
 def _load_generator(args: argparse.Namespace, threads: int):
@@ -103,7 +153,9 @@ def serve_main(args: argparse.Namespace) -> int:
                                  tls=_tls(args), metrics_port=args.metrics_port,
                                  tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None)
     try:
-        if not stop.is_set():
+        if not stop.is_set() and args.generators is not None:
+            _serve_versions(server, args, config)
+        elif not stop.is_set():
             server.set_generator(_load_generator(args, config.generator_threads))
         if args.port_file is not None and not stop.is_set():
             tmp = args.port_file.with_suffix(".tmp")
@@ -123,4 +175,18 @@ def publish_main(args: argparse.Namespace) -> int:
     manifest = read_manifest(folder)
     emit({"folder": str(folder), "version": manifest.version, "format": manifest.format.value,
           "sha256": manifest.sha256}, args.json, title="published")
+    return 0
+
+
+def publish_llm_main(args: argparse.Namespace) -> int:
+    from cloud.llm.growth import publish  # torch and transformers: only when publishing
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", args.batch_size, "must be at least 1")
+    folder, added = publish(args.llm, args.data, args.generators, vectors=args.vectors, encoder=args.encoder,
+                            batch_size=args.batch_size)
+    record = json.loads((folder / "generator.json").read_text())
+    emit({"folder": str(folder), "version": record["version"], "num_items": record["num_items"],
+          "vocab_hash": record["vocab_hash"], "new_items": added, "grown_from": record["grown_from"]["version"]},
+         args.json, title="published generator")
     return 0

@@ -11,7 +11,7 @@ from cloud.llm.train import load_llm_config, train
 from shared.cli import add_json_flag, emit, handler
 from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
 from shared.data.dataset import load_dataset
-from shared.item_vectors import load_item_vectors, read_meta
+from shared.item_vectors import load_item_vectors, read_meta, read_whitening
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -82,10 +82,12 @@ def train_main(args: argparse.Namespace) -> int:
         overrides.append(f"train.cold_seed={args.cold_seed}")
     config = load_llm_config(args.preset, args.config, overrides)
     dataset = load_dataset(args.data)
-    vectors, meta = (None, None)
+    vectors, meta, whitening = (None, None, None)
     if args.vectors is not None:
         vectors, meta = load_item_vectors(args.vectors, dataset), {**read_meta(args.vectors), "path": str(args.vectors)}
-    _, metrics = train(dataset, config, out=args.out, item_vectors=vectors, vectors_meta=meta)
+        whitening = read_whitening(args.vectors)  # kept beside the model: items added later are whitened alike
+    _, metrics = train(dataset, config, out=args.out, item_vectors=vectors, vectors_meta=meta,
+                       vectors_whitening=whitening)
     figures = {k: v for k, v in metrics.items() if k != "history"}
     figures.update({"seed": config.train.seed, "out": str(args.out)})
     emit(figures, args.json, f"trained llm -> {args.out}")

@@ -25,6 +25,13 @@ class ServerMetrics:
         self.queue_depth = Gauge("lsc4rec_queue_depth", "requests waiting for the micro-batcher",
                                  registry=self.registry)
         self.in_flight = Gauge("lsc4rec_in_flight", "GetCandidates calls being served", registry=self.registry)
+        self.generator_items = Gauge("lsc4rec_generator_items", "items in the served generator's catalogue, by its "
+                                     "version (one series: the version now serving)", ["version"],
+                                     registry=self.registry)
+        self.generator_switches = Counter("lsc4rec_generator_switches", "generator versions switched to while serving "
+                                          "(outcome=switched) or refused (outcome=refused)", ["outcome"],
+                                          registry=self.registry)
+        self._generator_version: str | None = None
         self.queue_depth.set_function(lambda: queue_depth())
         self.in_flight.set_function(lambda: in_flight())
 
@@ -41,6 +48,16 @@ class ServerMetrics:
                                               self.latency.labels(method=method))
         children[0].inc()
         children[1].observe(seconds)
+
+    def set_generator(self, version: str, num_items: int) -> None:
+        """The served generator: its version becomes the one series of lsc4rec_generator_items."""
+        if self._generator_version is not None and self._generator_version != version:
+            self.generator_items.remove(self._generator_version)
+        self.generator_items.labels(version=version).set(num_items)
+        self._generator_version = version
+
+    def count_generator_switch(self, outcome: str) -> None:
+        self.generator_switches.labels(outcome=outcome).inc()
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

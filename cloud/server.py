@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import wire
 from shared.config import check
+from shared.data.catalog import CatalogRef
 from shared.errors import ConfigError, InvalidArgumentError, UnavailableError
 from shared.generator import CandidateGenerator
 from shared.records import CandidateResponse
@@ -54,6 +55,9 @@ class ServerConfig:
     grace_s: float = 10.0  # on shutdown, how long in-flight calls may take to finish
     max_call_s: float = 60.0  # deadline given to calls that carry none (or a longer one)
     generator_threads: int = 0  # torch intra-op threads of the LLM generator; 0 = torch's default
+    # `serve --generators DIR`: seconds between scans of DIR for a newly published generator version (loaded and
+    # warmed up off the serving path, then switched to); 0 = only the version found at start
+    generator_poll_s: float = 5.0
     batch: BatcherConfig = field(default_factory=BatcherConfig)
 
     def __post_init__(self):
@@ -68,6 +72,7 @@ class ServerConfig:
               "must be in 1 KiB..max_send_bytes/2")
         check(self.workers >= 0, "workers", self.workers, "must be >= 0")
         check(self.generator_threads >= 0, "generator_threads", self.generator_threads, "must be >= 0")
+        check(self.generator_poll_s >= 0, "generator_poll_s", self.generator_poll_s, "must be >= 0")
         check(self.grace_s >= 0, "grace_s", self.grace_s, "must be >= 0")
         check(0 < self.max_call_s <= 3600, "max_call_s", self.max_call_s, "must be in (0, 3600]")
         check(":" in self.address, "address", self.address, "must look like host:port")
@@ -107,6 +112,8 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             self._in_flight -= 1
 
     async def _serve(self, request, context, rid: str) -> pb.GetCandidatesResponse:
+        # One read of the pair: a generator swapped in meanwhile (a grown catalogue) answers the next request; this
+        # one is checked against, queued to and answered by the same generator (no await until it is queued).
         generator, batcher = self.generator, self.batcher
         if generator is None or batcher is None:
             raise UnavailableError("the generator is not loaded yet")
@@ -245,6 +252,8 @@ class CloudServer:
         self.candidates = CandidateServicer(config, self.metrics)
         self.models = ModelServicer(config, self.registry, self.metrics)
         self.draining = False
+        self.catalog: CatalogRef | None = None  # the served generator's catalogue, when its source knows it
+        self._on_stop: list[Callable[[], None]] = []
         self._stopping, self._stop_lock, self._stopped = False, threading.Lock(), threading.Event()
         self._loop = _LoopThread("grpc-aio")
         try:
@@ -305,17 +314,49 @@ class CloudServer:
         log.info("listening on %s (models: %s)", self.address, self.registry.versions() or "none")
         return self
 
-    def set_generator(self, generator: CandidateGenerator) -> None:
-        """Warm the generator up, start the micro-batcher, then report SERVING."""
+    @property
+    def generator_version(self) -> str:
+        """The served generator's version ("" before one is set); every response carries it too."""
+        generator = self.candidates.generator
+        return "" if generator is None else generator.version
+
+    def set_generator(self, generator: CandidateGenerator, catalog: CatalogRef | None = None) -> None:
+        """Warm the generator up, start its micro-batcher, swap both in, then report SERVING.
+
+        Also a hot swap while serving (`cloud.generator_versions.GeneratorWatcher`): the warm-up runs in the
+        caller's thread, off the serving path; the swap runs on the event loop, so a request is validated and
+        queued against the old pair or the new one, never a mix (its item ids are checked against the catalogue of
+        the generator that answers it). The old batcher answers what it already queued, then stops.
+        `catalog`: the catalogue the generator serves, kept for the record (`self.catalog`).
+        """
         _warm_up(generator)
         batcher = MicroBatcher(generator, self.config.batch, on_batch=self.metrics.observe_batch).start()
-        self.candidates.generator, self.candidates.batcher = generator, batcher
         with self._stop_lock:
-            if not self._stopping:  # (the health servicer would ignore it after a drain began anyway)
-                self._loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
-        log.info("generator %s ready (%d items, batch <= %d, wait <= %.1f ms); models %s; serving on %s",
-                 generator.version, generator.num_items, self.config.batch.max_batch_size,
-                 self.config.batch.max_wait_ms, self.registry.versions() or "none", self.address)
+            if self._stopping:  # the loop is closing: nothing to swap into
+                batcher.stop()
+                raise UnavailableError("the server is stopping; generator not swapped in")
+            old = self._loop.run(self._swap(generator, batcher, catalog))
+            self._loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
+        self.metrics.set_generator(generator.version, generator.num_items)
+        if old is None:
+            log.info("generator %s ready (%d items, batch <= %d, wait <= %.1f ms); models %s; serving on %s",
+                     generator.version, generator.num_items, self.config.batch.max_batch_size,
+                     self.config.batch.max_wait_ms, self.registry.versions() or "none", self.address)
+            return
+        old[1].stop()  # finishes the requests queued before the swap, with the generator they were checked against
+        self.metrics.count_generator_switch("switched")
+        log.info("generator switched %s -> %s (%d -> %d items)", old[0].version, generator.version, old[0].num_items,
+                 generator.num_items)
+
+    async def _swap(self, generator: CandidateGenerator, batcher: MicroBatcher, catalog: CatalogRef | None):
+        """On the loop: the new (generator, batcher) pair in one step; returns the old pair (None if none)."""
+        old = self.candidates.generator, self.candidates.batcher
+        self.candidates.generator, self.candidates.batcher, self.catalog = generator, batcher, catalog
+        return None if old[0] is None else old
+
+    def on_stop(self, stop: Callable[[], None]) -> None:
+        """Run `stop` first when the server stops (e.g. a generator watcher, which must not swap during a drain)."""
+        self._on_stop.append(stop)
 
     def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
@@ -325,6 +366,8 @@ class CloudServer:
             self._stopped.wait()
             return
         grace = self.config.grace_s if grace is None else grace
+        for stop in self._on_stop:
+            stop()
         try:
             self._loop.run(self.health.enter_graceful_shutdown())
             self.draining = True  # set once health reports NOT_SERVING

@@ -82,6 +82,28 @@ def load_item_vectors(path: str | Path, dataset: Dataset) -> np.ndarray:
     return vectors.astype(np.float32)
 
 
+def read_item_vectors(path: str | Path) -> tuple[np.ndarray, dict]:
+    """(vectors, meta) of a vectors file, unchecked against any catalogue (DataFormatError if it is not one); for
+    callers that check the catalogue themselves (a grown catalogue is checked against a model's, not a dataset's)."""
+    return _read(Path(path))
+
+
+WHITENING_KEYS = ("mean", "whitening")
+
+
+def read_whitening(path: str | Path) -> dict[str, np.ndarray]:
+    """The whitening a vectors file was made with ({"mean": (d,), "whitening": (d, k)}), {} when it has none: new
+    items must be whitened the same way to land in the space the old vectors are in."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not all(k in npz.files for k in WHITENING_KEYS):
+                return {}
+            return {k: np.asarray(npz[k], dtype=np.float32) for k in WHITENING_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataFormatError(path, 0, "-", f"not a NumPy .npz file ({exc})") from None
+
+
 def read_meta(path: str | Path) -> dict:
     """The `meta` of a vectors file (which encoder, pooling and prompt made it), for the records of what used it."""
     return _read(Path(path))[1]

@@ -25,13 +25,16 @@ _FORMAT_FROM_PB = {v: k for k, v in _FORMAT_TO_PB.items()}
 MAX_ID_LENGTH = 256
 
 
-def check_items(field: str, items: Iterable[int], num_items: int) -> tuple[int, ...]:
-    """Every id must lie in 1..num_items; returns them as a tuple of ints."""
+def check_items(field: str, items: Iterable[int], num_items: int | None) -> tuple[int, ...]:
+    """Every id must lie in 1..num_items (num_items None: any id >= 1, for a device whose model may know fewer items
+    than the cloud's grown catalogue); returns them as a tuple of ints."""
     out = tuple(map(int, items))
-    if out and (min(out) < 1 or max(out) > num_items):  # in C: the loop below only runs to name the bad one
+    top = math.inf if num_items is None else num_items
+    if out and (min(out) < 1 or max(out) > top):  # in C: the loop below only runs to name the bad one
         for n, item in enumerate(out):
-            if not 1 <= item <= num_items:
-                raise UnknownItemError(f"{field}[{n}]", item, f"not an item id (catalogue is 1..{num_items})")
+            if not 1 <= item <= top:
+                reason = "ids start at 1" if num_items is None else f"catalogue is 1..{num_items}"
+                raise UnknownItemError(f"{field}[{n}]", item, f"not an item id ({reason})")
     return out
 
 
@@ -93,8 +96,9 @@ def response_to_pb(response: CandidateResponse) -> pb.GetCandidatesResponse:
                                     candidates=[{"item_id": c.item, "score": c.score} for c in response.candidates])
 
 
-def response_from_pb(msg: pb.GetCandidatesResponse, num_items: int) -> CandidateResponse:
-    """Validate a server's answer: known, distinct ids and finite scores."""
+def response_from_pb(msg: pb.GetCandidatesResponse, num_items: int | None) -> CandidateResponse:
+    """Validate a server's answer: known, distinct ids and finite scores (num_items None: any id >= 1 is known, the
+    cloud's catalogue may have grown past what the caller knows)."""
     items = check_items("candidates.item_id", (c.item_id for c in msg.candidates), num_items)
     if len(set(items)) != len(items):
         raise InvalidArgumentError("candidates.item_id", items, "contains duplicates")

@@ -55,12 +55,21 @@ class TextGrounding(torch.nn.Module):
             if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
                 head.weight.copy_(table)
 
-    def save(self, folder: str | Path, meta: dict) -> Path:
-        """`folder/item_text.npz`: the text vectors, the projection (d, H) and which items were trained."""
-        path = Path(folder) / GROUNDING_NAME
-        np.savez(path, vectors=self.text[NUM_SPECIAL:].numpy(), proj=self.proj.weight.detach().T.numpy(),
-                 trained=self.keep[NUM_SPECIAL:, 0].numpy().astype(bool), meta=np.asarray(json.dumps(meta)))
-        return path
+    def save(self, folder: str | Path, meta: dict, whitening: dict[str, np.ndarray] | None = None) -> Path:
+        """`folder/item_text.npz`: the text vectors, the projection (d, H), which items were trained and, when the
+        vectors were whitened, the whitening (`mean`, `whitening`): an item added later is embedded by the same
+        encoder and whitened the same way, or its vector would not be in the space the projection learned."""
+        return save_grounding(folder, self.text[NUM_SPECIAL:].numpy(), self.proj.weight.detach().T.numpy(),
+                              self.keep[NUM_SPECIAL:, 0].numpy().astype(bool), meta, whitening)
+
+
+def save_grounding(folder: str | Path, vectors: np.ndarray, proj: np.ndarray, trained: np.ndarray, meta: dict,
+                   whitening: dict[str, np.ndarray] | None = None) -> Path:
+    """Write `folder/item_text.npz` (see TextGrounding.save); also used when a catalogue grows."""
+    path = Path(folder) / GROUNDING_NAME
+    np.savez(path, vectors=np.asarray(vectors, dtype=np.float32), proj=np.asarray(proj, dtype=np.float32),
+             trained=np.asarray(trained, dtype=bool), meta=np.asarray(json.dumps(meta)), **(whitening or {}))
+    return path
 
 
 def cold_bias(trained: np.ndarray, vocab_size: int, boost: float) -> np.ndarray | None:

@@ -10,6 +10,7 @@ import numpy as np
 from cloud.llm.generate import LLMGenerator
 from cloud.llm.semantic_ids import ItemIndex
 from shared.config import to_dict
+from shared.data.catalog import write_raw_ids
 from shared.errors import ManifestError
 from shared.manifest import new_version, sha256_file
 from shared.records import Item
@@ -19,12 +20,17 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
 
 
-def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict, token_bias=None):
-    """Write `out/model` (save_pretrained), `out/item_index.json`, `out/config.json`, `out/metrics.json`."""
+def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict, token_bias=None,
+             items: Sequence[Item] | None = None):
+    """Write `out/model` (save_pretrained), `out/item_index.json`, `out/config.json`, `out/metrics.json`, and with
+    `items` `out/catalogue.txt` (their raw ids: a grown catalogue is then checked item by item, and a refusal names
+    the first item that moved)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / MODEL_DIR)
     index.save(out)
+    if items is not None:
+        write_raw_ids(out, items)
     weights = sorted((out / MODEL_DIR).glob("*.safetensors"))
     version = new_version(sha256_file(weights[0]) if weights else "0" * 64)
     resolved = {"version": version, "vocab_hash": index.catalog_hash, "num_items": index.num_items,

@@ -190,10 +190,11 @@ def make_grounding(model, config: LLMConfig, index: ItemIndex, split: TrainSplit
 
 def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
           embeddings: np.ndarray | None = None, progress: bool = True, item_vectors: np.ndarray | None = None,
-          vectors_meta: dict | None = None):
+          vectors_meta: dict | None = None, vectors_whitening: dict | None = None):
     """Train one model with validation-based early stopping; returns (LLMGenerator, metrics). Saves to `out` if given.
 
-    `embeddings` feed semantic ids; `item_vectors` (N, d) ground the item tokens of a text-grounded model.
+    `embeddings` feed semantic ids; `item_vectors` (N, d) ground the item tokens of a text-grounded model;
+    `vectors_whitening` ({"mean", "whitening"} of the vectors file) is saved beside it for items added later.
     """
     import torch
 
@@ -268,9 +269,9 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
                "stopped_by": _stop_reason(history, tc), "vocab_size": index.vocab_size, "code_depth": index.depth,
                "grounding": config.model.grounding, "item_vectors": vectors_meta or {}, "history": history}
     if out is not None:
-        generator = save_run(out, model, index, config, metrics, bias)
+        generator = save_run(out, model, index, config, metrics, bias, items=dataset.items)
         if grounding is not None:
-            grounding.save(out, vectors_meta or {})
+            grounding.save(out, vectors_meta or {}, vectors_whitening)
     return generator, metrics
 
 

@@ -10,7 +10,7 @@ from cloud.text.vectors import apply_whitening, default_prompt, encode, whitenin
 from shared.cli import add_json_flag, emit, handler
 from shared.data.dataset import load_dataset
 from shared.errors import DataFormatError, InvalidArgumentError
-from shared.item_vectors import save_item_vectors
+from shared.item_vectors import read_whitening, save_item_vectors
 
 
 def register(groups: dict) -> None:
@@ -36,6 +36,11 @@ def register(groups: dict) -> None:
     p.add_argument("--dim", type=int, default=0, help="whitened dimensions kept (0 = all)")
     p.add_argument("--no-whiten", dest="whiten", action="store_false",
                    help="only L2-normalise the raw vectors (whitening is on by default)")
+    p.add_argument("--whitening-from", type=Path, default=None, metavar="NPZ",
+                   help="reuse the whitening (mean, whitening) kept in this file (a vectors .npz, or a text-grounded "
+                        "LLM's item_text.npz) instead of fitting a new one: a grown catalogue's old items then keep "
+                        "their vectors and new items land in the same space (what `cloud publish-llm --vectors` "
+                        "needs)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local = this process; ray = shards of 256 texts on Ray workers (one CPU each), for catalogues "
@@ -61,7 +66,7 @@ def embed_main(args: argparse.Namespace) -> int:
                  backend=args.backend, ray_address=args.ray_address)
     if args.dim < 0 or args.dim > raw.shape[1]:
         raise InvalidArgumentError("--dim", args.dim, f"must be 0 (all) or 1..{raw.shape[1]}")
-    mean, w = whitening(raw, args.dim) if args.whiten else (None, None)
+    mean, w = _whitening(args, raw) if args.whiten else (None, None)
     vectors = apply_whitening(raw, mean, w)
     meta = {"vocab_hash": dataset.vocab_hash, "num_items": dataset.num_items, "encoder": encoder.name,
             "weights_sha256": encoder.weights_sha256, "pooling": pooling, "prompt": prompt,
@@ -71,3 +76,18 @@ def embed_main(args: argparse.Namespace) -> int:
     emit({**meta, "out": str(args.out), "seconds": round(time.perf_counter() - began, 1)}, args.json,
          f"item vectors -> {args.out}")
     return 0
+
+
+def _whitening(args: argparse.Namespace, raw):
+    """(mean, W): fitted on these vectors, or the one `--whitening-from` kept (checked against the raw width)."""
+    if args.whitening_from is None:
+        return whitening(raw, args.dim)
+    kept = read_whitening(args.whitening_from)
+    if not kept:
+        raise DataFormatError(args.whitening_from, 0, "whitening", "missing: the file keeps no whitening")
+    if kept["mean"].shape != (raw.shape[1],) or kept["whitening"].shape[0] != raw.shape[1]:
+        raise DataFormatError(args.whitening_from, 0, "whitening", f"takes {kept['mean'].shape[0]} dimensions, the "
+                                                                   f"encoder gives {raw.shape[1]}")
+    if args.dim and args.dim != kept["whitening"].shape[1]:
+        raise InvalidArgumentError("--dim", args.dim, f"the kept whitening gives {kept['whitening'].shape[1]}")
+    return kept["mean"], kept["whitening"]

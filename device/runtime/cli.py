@@ -126,12 +126,14 @@ def run_main(args: argparse.Namespace) -> int:
     events = read_events(args.events)
     holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
                          args.updates_dir or args.model.parent / "updates", backend=args.backend)
-    titles = read_titles(args.data, holder.manifest.num_items) if args.data else None
+    titles = (read_titles(args.data, holder.manifest.num_items, holder.manifest.vocab_hash)  # may know more items
+              if args.data else None)
     config = SessionConfig(user_id=args.user, slate_size=args.slate_size, num_candidates=args.num_candidates,
                            fusion=FusionConfig(rule=args.fusion, alpha=args.alpha, llm_norm=args.llm_norm,
                                                srm_norm=args.srm_norm), measure=args.measure)
+    # the cloud's catalogue may have grown past the model's: its new items are ranked as untrained, not refused
     with CloudClient(ClientConfig(address=args.server, timeout_s=args.timeout, token=args.token),
-                     num_items=holder.manifest.num_items) as client:
+                     num_items=None) as client:
         if args.check_update:
             update = holder.update_from_cloud(client)
             _show({"model_update": update.status, "model_version": update.version, "reason": update.reason}, args.json)
@@ -147,7 +149,7 @@ def run_main(args: argparse.Namespace) -> int:
                    "score": None if np.isnan(result.decision.score) else round(result.decision.score, 4),
                    "ms": round((time.perf_counter() - start) * 1e3, 3)}
             if titles is not None:
-                row.update(item_title=titles[item], slate_titles=[titles[i] for i in result.slate.items])
+                row.update(item_title=_title(titles, item), slate_titles=[_title(titles, i) for i in result.slate.items])
             _show(row, args.json)
         summary = {"events": len(events), "requests": session.requests_sent, "failures": session.failures,
                    "request_rate": session.requests_sent / max(len(events), 1),
@@ -157,16 +159,25 @@ def run_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_titles(folder: Path, num_items: int) -> list[str]:
-    """Item titles of a prepared dataset folder, indexed by dense id (index 0 unused); the dataset must be the
-    model's catalogue (the same number of items), or the titles would name other items."""
+def read_titles(folder: Path, num_items: int, vocab_hash: str | None = None) -> list[str]:
+    """Item titles of a prepared dataset folder, indexed by dense id (index 0 unused). The dataset must be the
+    model's catalogue (the same number of items) or, given the model's `vocab_hash`, a grown one (the model's items
+    first: the cloud may serve items added since), or the titles would name other items."""
+    from shared.data.catalog import raw_vocab_hash
     from shared.data.dataset import load_dataset
 
     items = load_dataset(folder).items
-    if len(items) != num_items:
+    grown = (vocab_hash is not None and len(items) > num_items
+             and raw_vocab_hash([i.raw_id for i in items[:num_items]]) == vocab_hash)
+    if len(items) != num_items and not grown:
         raise InvalidArgumentError("data", str(folder), f"has {len(items)} items but the model's catalogue has "
                                                         f"{num_items}: not the dataset the model was trained on")
     return [""] + [item.title for item in items]
+
+
+def _title(titles: list[str], item: int) -> str:
+    """An item's title, or its id when --data predates it (a newer item the cloud served)."""
+    return titles[item] if item < len(titles) else f"item id {item}"
 
 
 def _show(row: dict, as_json: bool) -> None:

@@ -98,9 +98,11 @@ class CallStats:
 class CloudClient:
     """One channel to the cloud. Every call has a deadline; only UNAVAILABLE is retried (gRPC's retry policy).
 
-    A `channel` given here is used as it is: build it with `channel_options(config)` to keep the retry policy."""
+    A `channel` given here is used as it is: build it with `channel_options(config)` to keep the retry policy.
+    `num_items`: the largest item id an answer may hold; None (a device) accepts any id >= 1, because the cloud's
+    catalogue may have grown past the device model's (the session ranks such items as untrained)."""
 
-    def __init__(self, config: ClientConfig, num_items: int, channel: grpc.Channel | None = None):
+    def __init__(self, config: ClientConfig, num_items: int | None = None, channel: grpc.Channel | None = None):
         self.config = config
         self.num_items = num_items
         self._channel = channel or _make_channel(config)

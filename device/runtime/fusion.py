@@ -150,16 +150,31 @@ def untrained_mask(untrained, num_items: int) -> np.ndarray | None:
     return mask
 
 
-def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """The SRM's logits, those of the items it was never trained on (`mask`, untrained_mask()) replaced by the mean
-    of the list's others.
+def untrained_in(items: np.ndarray, mask: np.ndarray | None, num_items: int | None = None) -> np.ndarray | None:
+    """(L,) bool: the items the SRM was never trained on, i.e. marked in `mask` (untrained_mask()) or, with
+    `num_items`, beyond its catalogue (items added to the cloud's catalogue after the SRM was made: it has no
+    embedding for them at all). None when there are none to mark."""
+    items = np.asarray(items, dtype=np.int64)
+    beyond = items > num_items if num_items is not None else None
+    if mask is None:
+        return beyond if beyond is not None and beyond.any() else None
+    unknown = np.ones(items.size, dtype=bool)  # ids past the mask are beyond the catalogue
+    inside = items < mask.size
+    unknown[inside] = mask[items[inside]]
+    return unknown
+
+
+def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, mask: np.ndarray | None,
+                      num_items: int | None = None) -> np.ndarray:
+    """The SRM's logits, those of the items it was never trained on (`mask`, untrained_mask(), and with `num_items`
+    the ids beyond its catalogue, whose logits are placeholders) replaced by the mean of the list's others.
 
     The model's score of such an item (a new item, say) only says "never seen", which would bury it; a neutral
     score lets the cloud's score place it. A list of untrained items only is returned as it is.
     """
-    if mask is None:
+    unknown = untrained_in(items, mask, num_items)
+    if unknown is None:
         return srm_logits
-    unknown = mask[items]
     if not unknown.any() or unknown.all():
         return srm_logits
     return np.where(unknown, srm_logits[~unknown].mean(), srm_logits)

@@ -14,12 +14,18 @@ them in one batch, and hands each answer to `apply_candidates(response)` (or the
 duplicates, non-finite scores or nothing showable is rejected with a typed error
 (UnknownItemError / InvalidArgumentError) AFTER the session has recorded it as a failure.
 
+A growing catalogue: the cloud may know items the SRM does not (ids above its manifest's `num_items`, added after
+it was made). They are valid everywhere: in a list they are ranked like the items the SRM never trained on (a
+neutral SRM score, so fusion places them by the LLM's term), never dropped; in the history they are kept (and sent
+to the cloud) but left out of the SRM's input window, which has no embedding for them.
+
 Failure handling: the cached list stays in use (items consumed meanwhile are dropped), the slate
 is marked stale, requests back off exponentially (`backoff_initial_ms` doubling to
 `backoff_max_ms`) and the wish to refresh is kept until a list arrives. Events that happened while
 offline are not lost: every request carries the most recent `max_request_history` items of the
 full history. A slate never holds a consumed item or an id outside the catalogue; with no usable
-list (cold start while offline) it is empty. If the SRM cannot score (a runtime error, non-finite
+list (cold start while offline) it is empty. Ids must be >= 1; there is no upper bound on the
+device (the cloud's catalogue may have grown past the SRM's). If the SRM cannot score (a runtime error, non-finite
 output) the slate falls back to the LLM's order (`Slate.mode == "llm"`) and the consistency score
 is NaN (policies then do not request on consistency). A model swapped in by a
 `device.runtime.ModelHolder` (pass the holder as the reranker) is used from the next event on.
@@ -102,7 +108,7 @@ class DeviceSession:
                  source: CandidateSource | None = None, history: tuple[int, ...] = (),
                  candidates: CandidateResponse | None = None):
         self.config, self.reranker, self.policy, self.now_ms, self.source = config, reranker, policy, now_ms, source
-        self.num_items = reranker.manifest.num_items
+        self.num_items = reranker.manifest.num_items  # the SRM's catalogue; the cloud's may be larger
         # the inputs below are built and validated here, so the model's own input checks may be skipped
         self._score = getattr(reranker, "score_trusted", reranker.score)
         self._mask_for, self._mask = None, None  # the model whose untrained items _mask marks
@@ -110,18 +116,20 @@ class DeviceSession:
         # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
         self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
                            if self._measure.needs_catalogue else None)
-        self.history: list[int] = list(check_items("history", history, self.num_items))  # extended by on_event only
+        self.history: list[int] = list(check_items("history", history, None))  # extended by on_event only
         self._consumed = set(self.history)
-        self._window = pad_left([self.history], reranker.history_length)  # the model's input, rolled per event
+        # the model's input, rolled per event: the history without the items beyond the SRM's catalogue
+        self._window = pad_left([self._srm_view()], reranker.history_length)
         if self._catalogue is not None:  # showable[i]: item i may be shown (not consumed; 0 is padding)
             self._showable = np.ones(self.num_items + 1, dtype=bool)
             self._showable[0] = False
-            self._showable[self.history] = False
+            self._showable[self._srm_view()] = False
         self.event_index = 0
         self.events_since_list = 0  # events since the last list arrived (sent with the next request)
         self.requests_sent = self.failures = 0
         self.last_error = ""
         self._items = np.zeros(0, dtype=np.int64)  # cached list in the LLM's order
+        self._known = np.zeros(0, dtype=bool)  # per unconsumed slot: the id is in the SRM's catalogue
         self._llm_scores = np.zeros(0, dtype=np.float64)
         self._alive = np.zeros(0, dtype=bool)
         self._slot_of: dict[int, int] = {}  # item id -> its slot in the cached list
@@ -139,15 +147,16 @@ class DeviceSession:
     def on_event(self, item: int) -> EventResult:
         """Append `item` to the history, re-rank, fuse, decide; fetch synchronously if a source is set."""
         item = int(item)
-        if not 1 <= item <= self.num_items:
-            raise UnknownItemError("item", item, f"not an item id (catalogue is 1..{self.num_items})")
+        if item < 1:
+            raise UnknownItemError("item", item, "not an item id (ids start at 1)")
         self.history.append(item)
         self._consumed.add(item)
-        if self._catalogue is not None:
-            self._showable[item] = False
-        window = self._window
-        window[0, :-1] = window[0, 1:]
-        window[0, -1] = item
+        if item <= self.num_items:  # an item beyond the SRM's catalogue stays out of its view
+            if self._catalogue is not None:
+                self._showable[item] = False
+            window = self._window
+            window[0, :-1] = window[0, 1:]
+            window[0, -1] = item
         slot = self._slot_of.get(item)
         if slot is not None and self._alive[slot]:
             self._alive[slot] = False
@@ -243,7 +252,7 @@ class DeviceSession:
     def _validate(self, response: CandidateResponse) -> tuple[np.ndarray, np.ndarray]:
         items = np.array([c.item for c in response.candidates], dtype=np.int64)
         scores = np.array([c.score for c in response.candidates], dtype=np.float64)
-        check_items("candidates.item", items.tolist(), self.num_items)
+        check_items("candidates.item", items.tolist(), None)  # ids beyond the SRM's catalogue are ranked as untrained
         if len(set(items.tolist())) != items.size:
             raise InvalidArgumentError("candidates.item", items.tolist(), "contains duplicates")
         if not np.isfinite(scores).all():
@@ -257,6 +266,7 @@ class DeviceSession:
         """Recompute what depends only on the unconsumed part of the cached list (not on the history)."""
         self._slots = np.flatnonzero(self._alive)  # positions j in the list the cloud sent
         self._pool = self._items[self._slots]  # their ids, in the LLM's order
+        self._known = self._pool <= self.num_items  # the others are new to the SRM: not scored by it
         self._fusion = (ListFusion(self.config.fusion, self._llm_scores[self._slots], positions=self._slots,
                                    length=self._items.size) if self._slots.size else None)
 
@@ -267,11 +277,13 @@ class DeviceSession:
             self.last_score = math.nan
             self._slate = Slate((), (), self._stale, "empty", self._generator_version, self.reranker.manifest.version)
             return
+        known = self._known
+        scored = items if known.all() else items[known]  # what the SRM can score
         if self._catalogue is None:
-            everything, logits = None, self._srm_logits(items)
+            everything, logits = None, self._srm_logits(scored) if scored.size else np.zeros(0)
         else:  # one call over the catalogue; the list's logits are a part of it
             everything = self._srm_logits(self._catalogue)  # (N,): item i at i - 1
-            logits = None if everything is None else everything[items - 1]
+            logits = None if everything is None else everything[scored - 1]
         k = self.config.slate_size
         if logits is None:  # the model could not score: fall back to the LLM's order
             self.last_score = math.nan
@@ -279,14 +291,17 @@ class DeviceSession:
             self._slate = Slate(tuple(items[top].tolist()), tuple((-(slots[top] + 1.0)).tolist()),
                                 self._stale, "llm", self._generator_version, self.reranker.manifest.version)
             return
-        logits = neutral_untrained(items, logits, self._untrained_mask())
+        if scored.size != items.size:
+            logits = _with_placeholders(logits, known)
+        logits = neutral_untrained(items, logits, self._untrained_mask(), self.num_items)
         fused = self._fusion.fuse(logits)
         order = (-fused).argsort(kind="stable")[:k]  # ties keep the LLM order
         if everything is None:
             self.last_score = self._measure.of_list(
                 logits, num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
         else:  # e.g. "regret": what the SRM now wants from the whole catalogue that the cached list lacks
-            self.last_score = self._measure.of_catalogue(np.concatenate([[0.0], everything]), items, self._showable, k)
+            self.last_score = self._measure.of_catalogue(np.concatenate([[0.0], everything]), scored, self._showable,
+                                                         k)
         self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
                             self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
 
@@ -297,13 +312,24 @@ class DeviceSession:
             self._mask_for, self._mask = manifest, untrained_mask(manifest.untrained_items, manifest.num_items)
         return self._mask
 
+    def _srm_view(self) -> list[int]:
+        """The history as the SRM sees it: without the items beyond its catalogue."""
+        return [i for i in self.history if i <= self.num_items]
+
     def _srm_logits(self, items: np.ndarray) -> np.ndarray | None:
         length = self.reranker.history_length
         if self._window.shape[1] != length:  # a swapped-in model with another history length
-            self._window = pad_left([self.history], length)
+            self._window = pad_left([self._srm_view()], length)
         try:
             logits = self._score(self._window, items[None, :])[0].astype(np.float64)
         except LSC4RecError:
             return None
         return logits if np.isfinite(logits).all() else None
 
+
+def _with_placeholders(logits: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(L,) logits for a list whose items beyond the SRM's catalogue (~known) have none: they get the mean of the
+    scored ones (0 when none is), which neutral_untrained then treats as any untrained item's."""
+    out = np.full(known.size, float(logits.mean()) if logits.size else 0.0)
+    out[known] = logits
+    return out
