@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from device.runtime.consistency import MEASURES
+from device.runtime.consistency import MEASURES, ListContext
 from device.runtime.policies import POLICIES, Calibration, PolicySpec
 from shared.config import to_dict
 from shared.data.cold import draw_cold_items, item_counts, recorded_draw
@@ -164,10 +164,17 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
         forced = np.zeros((steps, steps + 1), dtype=bool)
         consumed = np.zeros(world.dataset.num_items + 1, dtype=bool)
         consumed[past] = True
+        prev_row, ranks_rows, ranks_consumed = None, [], []
+        if measure.needs_context:  # the SRM's scores before the first step (the history of the initial list)
+            prev_row = world.scorer.catalogue_scores(pad_left([past], world.scorer.history_length))[0]
         for t in range(steps):
+            if measure.needs_context:  # what the SRM believed, and what was consumed, just before step t
+                ranks_rows.append(prev_row)
+                ranks_consumed.append(consumed.copy())
             consumed[items[t]] = True
             hist = np.concatenate([past, items[:t + 1]])
             table_row = world.scorer.catalogue_scores(pad_left([hist], world.scorer.history_length))[0]
+            prev_row = table_row
             if measure.needs_catalogue:  # float64 logits by id (id 0: padding); what may still be shown
                 logits = np.where(np.isfinite(table_row), table_row, 0.0).astype(np.float64)
                 showable = ~consumed
@@ -178,7 +185,27 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
                 if alive.size == 0:
                     forced[t, k] = True
                     continue
-                if measure.needs_catalogue:
+                if measure.needs_context:  # what the device holds (as DeviceSession._context_score builds it)
+                    since = items[k:t + 1]
+                    slot_of = {int(i): j for j, i in enumerate(cands.tolist())}
+                    since_slots = np.array([slot_of.get(int(i), -1) for i in since], dtype=np.int64)
+                    # the SRM rank of each consumed item among the list's items unconsumed just before it
+                    srm_ranks = np.full(since.size, -1, dtype=np.int64)
+                    for j, (item, row, before) in enumerate(zip(since, ranks_rows[k:t + 1], ranks_consumed[k:t + 1])):
+                        left = cands[~before[cands]]
+                        if item in left:
+                            order = left[(-row[left].astype(np.float64)).argsort(kind="stable")]
+                            srm_ranks[j] = int(np.flatnonzero(order == item)[0])
+                    held, in_list = np.zeros(0), np.zeros(0, dtype=bool)
+                    if measure.needs_held:
+                        extra = np.setdiff1d(lists[0], cands)
+                        extra = extra[~consumed[extra]]
+                        held = np.concatenate([table_row[alive], table_row[extra]]).astype(np.float64)
+                        in_list = np.concatenate([np.ones(alive.size, dtype=bool), np.zeros(extra.size, dtype=bool)])
+                    scores[t, k] = measure.of_context(ListContext(
+                        table_row[alive].astype(np.float64), since.astype(np.int64), since_slots, cands.size,
+                        cfg.slate_size, held, in_list, srm_ranks))
+                elif measure.needs_catalogue:
                     scores[t, k] = measure.of_catalogue(logits, alive, showable, cfg.slate_size)
                 else:
                     scores[t, k] = measure.of_list(table_row[alive].astype(np.float64),

@@ -13,7 +13,8 @@ simulator's calibration replay scores: one implementation for both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -181,6 +182,100 @@ def srm_order(srm_logits: np.ndarray) -> np.ndarray:
     return (-np.asarray(srm_logits, dtype=np.float64)).argsort(kind="stable")
 
 
+
+@dataclass(frozen=True)
+class ListContext:
+    """What a device holds after an event, for the measures that need no catalogue scan (`Measure.on_context`).
+
+    `list_logits`: float64 SRM logits of the cached list's unconsumed items in the LLM's order (what `of_list` gets);
+    `since`: the items consumed since the cached list arrived, oldest first (the last one is this event's);
+    `since_slots`: for each of them its 0-based slot in the list the cloud sent, -1 when the list did not hold it;
+    `list_size`: N, the length of the list the cloud sent; `held_logits`: float64 SRM logits of the unconsumed
+    items of every list the device holds (the first list of the session and the cached one, ids the SRM knows),
+    `held_in_list`: bool per held item, True where the cached list holds it (empty arrays when the measure does
+    not ask for them: `Measure.needs_held`); `k`: the slate size; `since_srm_ranks`: for each item of `since`, its
+    0-based rank in the SRM's order of the list's unconsumed items just before it was consumed (-1 when absent).
+    """
+
+    list_logits: np.ndarray
+    since: np.ndarray
+    since_slots: np.ndarray
+    list_size: int
+    k: int
+    held_logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    held_in_list: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    since_srm_ranks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+#: Decay per event of the miss signals: a miss j events ago weighs MISS_DECAY ** j.
+MISS_DECAY = 0.5
+
+
+def decayed_misses(since_slots: np.ndarray, decay: float = MISS_DECAY) -> float:
+    """sum_j decay^age_j over the items consumed since the list arrived that the list did not hold (slot -1);
+    the newest item has age 0. 0 when every consumed item was in the list."""
+    slots = np.asarray(since_slots, dtype=np.int64)
+    if slots.size == 0:
+        return 0.0
+    ages = np.arange(slots.size - 1, -1, -1)
+    return float(((slots < 0) * decay ** ages).sum())
+
+
+def decayed_miss_depth(since_slots: np.ndarray, list_size: int, decay: float = MISS_DECAY) -> float:
+    """Like `decayed_misses`, each consumed item weighted by how deep the LLM had put it: slot / N, 1 when the list
+    did not hold it (a hit in the LLM's first slot counts 0)."""
+    slots = np.asarray(since_slots, dtype=np.int64)
+    if slots.size == 0:
+        return 0.0
+    depth = np.where(slots < 0, 1.0, slots / max(int(list_size), 1))
+    ages = np.arange(slots.size - 1, -1, -1)
+    return float((depth * decay ** ages).sum())
+
+
+#: Weight of `list_belief` in "miss-belief" (0.3 x the ratio of the two scores' spreads on the validation world's
+#: calibration replay: 0.555 for miss-depth, 1.28 for list-belief).
+BELIEF_WEIGHT = 0.13
+
+
+def miss_belief(since_slots: np.ndarray, list_size: int, list_logits: np.ndarray,
+                weight: float = BELIEF_WEIGHT) -> float:
+    """`decayed_miss_depth` (what the user did since the list arrived) + weight x `list_belief` (what the SRM now
+    thinks of what is left of it)."""
+    return decayed_miss_depth(since_slots, list_size) + weight * list_belief(list_logits)
+
+
+def held_regret(held_logits: np.ndarray, held_in_list: np.ndarray, k: int) -> float:
+    """`catalogue_regret` with the held pool (every unconsumed item of the lists the device holds) in place of the
+    catalogue: softmax over the held pool, top-k mass of the pool minus top-k mass of the cached list's items."""
+    x = np.asarray(held_logits, dtype=np.float64)
+    if x.size == 0:
+        return 0.0
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    inside = p[np.asarray(held_in_list, dtype=bool)]
+    return float(max(_top_sum(p, min(k, p.size)) - (_top_sum(inside, min(k, inside.size)) if inside.size else 0.0),
+                     0.0))
+
+
+def held_mass_gap(held_logits: np.ndarray, held_in_list: np.ndarray) -> float:
+    """1 - the SRM's softmax mass of the held pool that the cached list's unconsumed items carry, in [0, 1]."""
+    x = np.asarray(held_logits, dtype=np.float64)
+    if x.size == 0:
+        return 0.0
+    p = np.exp(x - x.max())
+    return float(1.0 - p[np.asarray(held_in_list, dtype=bool)].sum() / p.sum())
+
+
+def list_belief(list_logits: np.ndarray) -> float:
+    """-logsumexp of the SRM logits of the cached list's unconsumed items: high when the SRM believes in none of
+    them (an absolute level, unlike the order measures; no catalogue needed)."""
+    x = np.asarray(list_logits, dtype=np.float64)
+    if x.size == 0:
+        return math.inf
+    m = x.max()
+    return float(-(m + np.log(np.exp(x - m).sum())))
+
+
 @dataclass(frozen=True)
 class Measure:
     """One inconsistency measure: a number after each event, higher = the cached list looks staler.
@@ -197,10 +292,17 @@ class Measure:
     symmetric: bool = False  # the same on a permutation and on its inverse: the fast path skips the inversion
     # (float64 logits of every id with id 0 ignored, showable ids of the list, bool showable mask, k) -> score
     on_catalogue: Callable[[np.ndarray, np.ndarray, np.ndarray, int], float] | None = None
+    # (ListContext) -> score: a measure on what the device holds, no catalogue scan (see ListContext)
+    on_context: Callable[[ListContext], float] | None = None
+    needs_held: bool = False  # on_context reads held_logits / held_in_list (the SRM scores the held pool)
 
     @property
     def needs_catalogue(self) -> bool:
         return self.on_catalogue is not None
+
+    @property
+    def needs_context(self) -> bool:
+        return self.on_context is not None
 
     def of_permutation(self, srm_permutation: np.ndarray, num_invalid: int = 0, k: int = 10,
                        p: float = 0.9) -> float:
@@ -217,6 +319,12 @@ class Measure:
         """An order measure after an event: `srm_logits` (float64) of the cached list's unconsumed items, in the
         LLM's order; `num_invalid` slots of the N the cloud sent can no longer be shown."""
         return self.of_permutation(srm_order(srm_logits), num_invalid, k, p)
+
+    def of_context(self, context: ListContext) -> float:
+        """A context measure after an event (see ListContext)."""
+        if self.on_context is None:
+            raise InvalidArgumentError("measure", self.name, "does not score a ListContext")
+        return self.on_context(context)
 
     def of_catalogue(self, catalogue_logits: np.ndarray, pool: np.ndarray, showable: np.ndarray, k: int) -> float:
         """A catalogue measure after an event: float64 `catalogue_logits` (V,) indexed by id (finite where
@@ -252,6 +360,25 @@ for _measure in (
         Measure("rbo", "1 - rank-biased overlap (p = 0.9)", lambda pos, invalid, k, p: 1.0 - _rbo(pos, p)),
         Measure("regret", "the catalogue regret: the SRM's softmax mass of its top-K items over the whole unconsumed "
                           "catalogue minus that of its top-K among the cached list's unconsumed items",
-                on_catalogue=catalogue_regret_trusted)):
+                on_catalogue=catalogue_regret_trusted),
+        # no catalogue scan: what the device holds (its history since the list, the lists, the SRM on them)
+        Measure("miss", "the decayed count (x0.5 per event) of consumed items the cached list did not hold",
+                on_context=lambda c: decayed_misses(c.since_slots)),
+        Measure("miss-depth", "the decayed (x0.5 per event) LLM depth of the consumed items in the cached list "
+                              "(slot / N, 1 when absent)",
+                on_context=lambda c: decayed_miss_depth(c.since_slots, c.list_size)),
+        Measure("srm-miss-depth", "the decayed (x0.5 per event) SRM rank of the consumed items in the cached list "
+                                  "just before they were consumed (rank / N, 1 when absent)",
+                on_context=lambda c: decayed_miss_depth(c.since_srm_ranks, c.list_size)),
+        Measure("list-belief", "-logsumexp of the SRM logits of the cached list's unconsumed items",
+                on_context=lambda c: list_belief(c.list_logits)),
+        Measure("miss-belief", "miss-depth + 0.13 x list-belief: the LLM depth of the recently consumed items in the "
+                               "cached list plus how little the SRM believes in its unconsumed items",
+                on_context=lambda c: miss_belief(c.since_slots, c.list_size, c.list_logits)),
+        Measure("held-regret", "the regret of the cached list over the held pool (unconsumed items of the first "
+                               "and the cached list) instead of the catalogue",
+                on_context=lambda c: held_regret(c.held_logits, c.held_in_list, c.k), needs_held=True),
+        Measure("held-mass", "1 - the SRM's softmax mass of the held pool on the cached list's unconsumed items",
+                on_context=lambda c: held_mass_gap(c.held_logits, c.held_in_list), needs_held=True)):
     MEASURES.register(_measure.name, _measure)
 del _measure

@@ -39,7 +39,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from device.runtime.backend import Reranker
-from device.runtime.consistency import MEASURES
+from device.runtime.consistency import MEASURES, ListContext
 from device.runtime.fusion import FusionConfig, ListFusion, neutral_untrained, untrained_mask
 from device.runtime.policies import Decision, Policy, PolicyState
 from shared.config import check
@@ -133,6 +133,13 @@ class DeviceSession:
         self._llm_scores = np.zeros(0, dtype=np.float64)
         self._alive = np.zeros(0, dtype=bool)
         self._slot_of: dict[int, int] = {}  # item id -> its slot in the cached list
+        # for a context measure: the items consumed since the cached list arrived and their slots in it (-1: absent),
+        # and the first list of the session (with the cached one, the pool of items the device holds)
+        self._since: list[int] = []
+        self._since_slots: list[int] = []
+        self._since_srm_ranks: list[int] = []  # the consumed item's rank in the SRM order of the list before it
+        self._rank_of: dict[int, int] = {}  # after the last event: unconsumed list item -> its SRM rank
+        self._first_items: np.ndarray | None = None
         self._alive_changed()
         self._generator_version = ""
         self._wants = candidates is None
@@ -158,6 +165,9 @@ class DeviceSession:
             window[0, :-1] = window[0, 1:]
             window[0, -1] = item
         slot = self._slot_of.get(item)
+        self._since.append(item)
+        self._since_slots.append(-1 if slot is None else slot)
+        self._since_srm_ranks.append(self._rank_of.get(item, -1))
         if slot is not None and self._alive[slot]:
             self._alive[slot] = False
             self._alive_changed()
@@ -241,6 +251,9 @@ class DeviceSession:
         self._items, self._llm_scores = items, scores
         self._alive = np.array([int(i) not in self._consumed for i in items], dtype=bool)
         self._slot_of = {item: slot for slot, item in enumerate(items.tolist())}
+        self._since, self._since_slots, self._since_srm_ranks = [], [], []
+        if self._first_items is None:
+            self._first_items = items
         self._alive_changed()
         self._generator_version = response.generator_version
         self._wants = self._stale = False
@@ -296,7 +309,11 @@ class DeviceSession:
         logits = neutral_untrained(items, logits, self._untrained_mask(), self.num_items)
         fused = self._fusion.fuse(logits)
         order = (-fused).argsort(kind="stable")[:k]  # ties keep the LLM order
-        if everything is None:
+        if self._measure.needs_context:  # what the device holds, no catalogue scan
+            # each unconsumed item's rank in the SRM's order (ties: the LLM's order), read at the next event
+            self._rank_of = dict(zip(items[(-logits).argsort(kind="stable")].tolist(), range(items.size)))
+            self.last_score = self._context_score(logits, scored)
+        elif everything is None:
             self.last_score = self._measure.of_list(
                 logits, num_invalid=max(self.config.num_candidates - slots.size, 0), k=self.config.overlap_k)
         else:  # e.g. "regret": what the SRM now wants from the whole catalogue that the cached list lacks
@@ -304,6 +321,25 @@ class DeviceSession:
                                                          k)
         self._slate = Slate(tuple(items[order].tolist()), tuple(fused[order].tolist()),
                             self._stale, "fusion", self._generator_version, self.reranker.manifest.version)
+
+    def _context_score(self, logits: np.ndarray, scored: np.ndarray) -> float:
+        """A context measure's score (see consistency.ListContext) after the list's logits are known."""
+        held, in_list = np.zeros(0), np.zeros(0, dtype=bool)
+        if self._measure.needs_held:
+            first = self._first_items if self._first_items is not None else np.zeros(0, dtype=np.int64)
+            extra = np.array(sorted({int(i) for i in first.tolist()} - self._consumed - set(scored.tolist())),
+                             dtype=np.int64)
+            extra = extra[extra <= self.num_items]
+            extra_logits = self._srm_logits(extra) if extra.size else np.zeros(0)
+            if extra_logits is None:
+                return math.nan
+            known_logits = logits if scored.size == logits.size else logits[self._known]
+            held = np.concatenate([known_logits, extra_logits])
+            in_list = np.concatenate([np.ones(known_logits.size, dtype=bool), np.zeros(extra.size, dtype=bool)])
+        return self._measure.of_context(ListContext(
+            logits, np.asarray(self._since, dtype=np.int64), np.asarray(self._since_slots, dtype=np.int64),
+            int(self._items.size), self.config.slate_size, held, in_list,
+            np.asarray(self._since_srm_ranks, dtype=np.int64)))
 
     def _untrained_mask(self) -> np.ndarray | None:
         """The current model's untrained items as a lookup table, rebuilt only when the model is swapped."""

@@ -107,12 +107,15 @@ def test_catalogue_regret_refuses_bad_input():
         c.catalogue_regret(np.array([0.0, 1.0, np.nan]), [1], [], k=1)
 
 
-ORDER_MEASURES = [name for name, m in c.MEASURES.items() if not m.needs_catalogue]
+ORDER_MEASURES = [name for name, m in c.MEASURES.items() if m.on_positions is not None]
 
 
 def test_the_registry_holds_every_measure_by_its_one_name():
-    assert c.MEASURES.names() == ("footrule", "kendall", "lsc4rec", "overlap", "rbo", "regret")
+    assert c.MEASURES.names() == ("footrule", "held-mass", "held-regret", "kendall", "list-belief", "lsc4rec", "miss",
+                                  "miss-belief", "miss-depth", "overlap", "rbo", "regret", "srm-miss-depth")
     assert [name for name, m in c.MEASURES.items() if m.needs_catalogue] == ["regret"]
+    assert [name for name, m in c.MEASURES.items() if m.needs_context] == [
+        "held-mass", "held-regret", "list-belief", "miss", "miss-belief", "miss-depth", "srm-miss-depth"]
     assert all(m.name == name and m.text for name, m in c.MEASURES.items())
     with pytest.raises(InvalidArgumentError, match="known: footrule"):
         c.MEASURES.get("cosine")
@@ -155,3 +158,82 @@ def test_trusted_regret_equals_the_checked_one_with_ties_and_small_pools():
         kept = pool[showable[pool]]
         assert expected == max(np.sort(p)[-k:].sum() - np.sort(p[kept])[-k:].sum(), 0.0)
         assert c.catalogue_regret_trusted(logits, pool, showable, k) == expected
+
+
+# --- measures on what the device holds (no catalogue scan) ---
+def _context(since_slots=(), list_logits=(), held=(), in_list=(), n=50, k=2):
+    slots = np.asarray(since_slots, dtype=np.int64)
+    return c.ListContext(np.asarray(list_logits, dtype=np.float64), np.arange(1, slots.size + 1), slots, n, k,
+                         np.asarray(held, dtype=np.float64), np.asarray(in_list, dtype=bool))
+
+
+def test_decayed_misses_count_recent_misses_more():
+    assert c.decayed_misses([]) == 0.0
+    assert c.decayed_misses([3, 0, 7]) == 0.0  # every consumed item was in the list
+    assert c.decayed_misses([-1]) == 1.0  # the item just consumed was not
+    assert c.decayed_misses([-1, 4]) == 0.5  # a miss one event ago
+    assert c.decayed_misses([-1, -1, -1]) == pytest.approx(1 + 0.5 + 0.25)
+    assert c.decayed_misses([-1, 2], decay=0.9) == pytest.approx(0.9)
+    miss = c.MEASURES.get("miss")
+    assert miss.of_context(_context([5, -1])) == 1.0 > miss.of_context(_context([-1, 5])) == 0.5
+
+
+def test_decayed_miss_depth_weighs_hits_by_their_llm_slot():
+    assert c.decayed_miss_depth([], 50) == 0.0
+    assert c.decayed_miss_depth([0], 50) == 0.0  # the LLM's first slot: no staleness
+    assert c.decayed_miss_depth([25], 50) == pytest.approx(0.5)
+    assert c.decayed_miss_depth([-1], 50) == 1.0
+    assert c.decayed_miss_depth([-1, 10], 20) == pytest.approx(0.5 + 0.5)
+    assert c.MEASURES.get("miss-depth").of_context(_context([40], n=50)) == pytest.approx(0.8)
+    # the SRM's rank just before consumption in place of the LLM's slot
+    srm = c.MEASURES.get("srm-miss-depth")
+    ctx = c.ListContext(np.zeros(3), np.array([7, 8]), np.array([3, 30]), 50, 5, since_srm_ranks=np.array([-1, 10]))
+    assert srm.of_context(ctx) == pytest.approx(0.5 * 1.0 + 10 / 50)
+
+
+def test_list_belief_is_minus_logsumexp_of_the_lists_logits():
+    assert c.list_belief(np.log([1.0, 2.0, 3.0])) == pytest.approx(-np.log(6.0))
+    assert c.list_belief([1000.0, 1000.0]) == pytest.approx(-(1000 + np.log(2)))  # no overflow
+    assert c.list_belief([]) == np.inf  # nothing left: as stale as can be
+    belief = c.MEASURES.get("list-belief")
+    assert belief.of_context(_context(list_logits=[-3.0, -4.0])) > belief.of_context(_context(list_logits=[2.0, 1.0]))
+
+
+def test_held_regret_is_the_catalogue_regret_over_the_held_pool():
+    # held pool p = 0.1, 0.2, 0.3, 0.4; the cached list holds the first two
+    held, in_list = np.log([1.0, 2.0, 3.0, 4.0]), [True, True, False, False]
+    assert c.held_regret(held, in_list, k=2) == pytest.approx(0.7 - 0.3)
+    assert c.held_regret(held, [False, False, True, True], k=2) == 0.0  # the list holds the pool's top 2
+    assert c.held_regret(held, [True] * 4, k=2) == 0.0  # only the cached list is held: nothing better known
+    assert c.held_regret(held, [False] * 4, k=1) == pytest.approx(0.4)
+    assert c.held_regret([], [], k=3) == 0.0
+    # the same as catalogue_regret with the held pool as the catalogue
+    logits = np.concatenate([[0.0], held])
+    assert c.held_regret(held, in_list, k=3) == pytest.approx(c.catalogue_regret(logits, [1, 2], [], k=3))
+    assert c.MEASURES.get("held-regret").of_context(_context(held=held, in_list=in_list, k=2)) == pytest.approx(0.4)
+
+
+def test_held_mass_gap_is_the_mass_outside_the_cached_list():
+    held = np.log([1.0, 2.0, 3.0, 4.0])
+    assert c.held_mass_gap(held, [True, True, False, False]) == pytest.approx(0.7)
+    assert c.held_mass_gap(held, [True] * 4) == pytest.approx(0.0)
+    assert c.held_mass_gap([], []) == 0.0
+    assert c.held_mass_gap([500.0, 500.0], [True, False]) == pytest.approx(0.5)  # no overflow
+    assert c.MEASURES.get("held-mass").needs_held and not c.MEASURES.get("miss").needs_held
+
+
+def test_context_measures_refuse_the_other_paths():
+    with pytest.raises(InvalidArgumentError):
+        c.MEASURES.get("miss").of_list(np.zeros(3), 0, 2)
+    with pytest.raises(InvalidArgumentError):
+        c.MEASURES.get("footrule").of_context(_context())
+
+
+def test_miss_belief_adds_the_weighted_list_belief_to_the_miss_depth():
+    logits = np.log([1.0, 3.0])  # list_belief = -log 4
+    assert c.miss_belief([-1], 50, logits) == pytest.approx(1.0 - c.BELIEF_WEIGHT * np.log(4.0))
+    assert c.miss_belief([25, -1], 50, logits, weight=0.5) == pytest.approx(0.25 + 1.0 - 0.5 * np.log(4.0))
+    m = c.MEASURES.get("miss-belief")
+    # a miss raises the score; so does a list the SRM believes less in
+    assert m.of_context(_context([-1], logits)) > m.of_context(_context([0], logits))
+    assert m.of_context(_context([0], logits - 5.0)) > m.of_context(_context([0], logits))

@@ -349,6 +349,45 @@ def test_regret_measure_scores_the_catalogue_without_consumed_items(reranker):
         assert session.last_score == expected
 
 
+
+def test_miss_measures_follow_the_items_consumed_since_the_list_arrived(reranker):
+    config = SessionConfig(user_id="u1", slate_size=5, num_candidates=12, measure="miss")
+    session = make(reranker, config=config, history=(30, 29), candidates=response(range(1, 13)))
+    assert session.on_event(3) is not None and session.last_score == 0.0  # in the list: a hit
+    session.on_event(20)  # not in the list: a miss now
+    assert session.last_score == 1.0
+    session.on_event(4)  # a hit; the miss is one event old
+    assert session.last_score == 0.5
+    session.apply_candidates(response(range(5, 17)))  # a fresh list forgets the misses of the old one
+    session.on_event(16)
+    assert session.last_score == 0.0
+    depth = make(reranker, config=SessionConfig(user_id="u1", slate_size=5, num_candidates=12, measure="miss-depth"),
+                 candidates=response(range(1, 13)))
+    depth.on_event(7)  # slot 6 of 12
+    assert depth.last_score == pytest.approx(0.5)
+    depth.on_event(25)
+    assert depth.last_score == pytest.approx(1.0 + 0.25)
+
+
+def test_held_measures_score_the_first_and_the_cached_list(reranker):
+    config = SessionConfig(user_id="u1", slate_size=3, num_candidates=6, measure="held-mass")
+    session = make(reranker, config=config, history=(30,), candidates=response(range(1, 7)))
+    session.on_event(2)
+    assert session.last_score == pytest.approx(0.0)  # only one list held: all its mass is in the cached list
+    session.apply_candidates(response(range(5, 11)))
+    session.on_event(9)
+    held = np.array([5, 6, 7, 8, 10, 1, 3, 4])  # the cached list's unconsumed items, then the first list's others
+    logits = reranker.score(pad_left([session.history], HISTORY_LENGTH), held[None])[0].astype(np.float64)
+    in_list = np.arange(held.size) < 5
+    assert session.last_score == pytest.approx(consistency.held_mass_gap(logits, in_list))
+    regret = make(reranker, config=SessionConfig(user_id="u1", slate_size=3, num_candidates=6, measure="held-regret"),
+                  history=(30,), candidates=response(range(1, 7)))
+    regret.apply_candidates(response(range(5, 11)))
+    regret.on_event(2)
+    held = np.array([5, 6, 7, 8, 9, 10, 1, 3, 4])
+    logits = reranker.score(pad_left([regret.history], HISTORY_LENGTH), held[None])[0].astype(np.float64)
+    assert regret.last_score == pytest.approx(consistency.held_regret(logits, np.arange(held.size) < 6, 3))
+
 class BuryingReranker:
     """Scores item 7 far below every other candidate, as a model does for an item it never trained on."""
 

@@ -66,6 +66,28 @@ def test_a_fleet_wide_budget_decides_in_global_time_order(tiny_dir):
     assert log == [(str(int(s.users[u])), int(t) + 1) for u, t in s.order]
 
 
+@pytest.mark.parametrize("measure", ["miss", "miss-depth", "srm-miss-depth", "list-belief", "miss-belief",
+                                     "held-regret", "held-mass"])
+def test_context_measures_score_in_sessions_as_in_the_calibration_table(tiny_dir, measure):
+    """The calibration table's scores of the initial list (k = 0) are what a session holding it scores."""
+    from simulator.cloud_link import MemoSource
+    from simulator.experiments import _score_table
+
+    world = _world(tiny_dir, f"measure='{measure}'")
+    replay = make_replay(world, progress=False)
+    initial = replay.initial_lists()
+    sessions = replay.sessions(PolicySpec("never").build(), "fusion", initial)
+    table = _score_table(world, world.streams, world.source if isinstance(world.source, MemoSource)
+                         else MemoSource(world.source))
+    s = world.streams
+    for u in range(min(5, len(s.users))):
+        for t in range(s.items.shape[1]):
+            sessions[u].on_event(int(s.items[u, t]))
+            want = table[u][0][t, 0]
+            if np.isfinite(want):
+                assert sessions[u].last_score == pytest.approx(want, rel=1e-6, abs=1e-9), (u, t)
+
+
 @pytest.mark.parametrize("measure", ["regret", "footrule", "lsc4rec"])
 def test_adaptive_budget_runs_near_its_rate(tiny_dir, measure):
     config = load_sim_config(None, small_overrides(tiny_dir, f"measure='{measure}'", "budget_mode='adaptive'",
