@@ -44,10 +44,9 @@ def _package_rule(path: Path) -> set[str]:
     if package == "device":
         banned = {"cloud", "simulator", "ray"}
         if rest[0] == "runtime":  # the on-device runtime: onnxruntime/executorch runtimes only, never torch
-            allowed = {"onnxruntime", "executorch"}
-            if rest[-1] == "executorch_backend.py":  # ExecuTorch's Python bindings take torch tensors
-                allowed |= {"torch"}
-            return banned | (HEAVY - allowed)
+            return banned | (HEAVY - {"onnxruntime", "executorch"})
+        if rest[0] == "executorch_backend.py":  # the optional ExecuTorch add-on: its bindings take torch tensors
+            return banned | (HEAVY - {"onnxruntime", "executorch", "torch"})
         return banned
     return set()
 

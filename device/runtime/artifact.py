@@ -1,14 +1,10 @@
-"""On-device SRM runtime: verified loading of ONNX / ExecuTorch artifacts and atomic model updates (no torch).
+"""On-device SRM artifacts: verified loading and atomic model updates (no torch).
 
-A `Reranker` scores candidate items for histories: `score(histories (B, T) int64, candidates (B, C)
-int64) -> (B, C) float32` logits, T = `history_length` (left-padded with 0). `load_reranker`
-verifies the artifact folder BEFORE any inference: manifest fields, vocab hash, file size and
-sha256, and the graph's input/output names, dtypes and shapes against the manifest.
-
-Backends (device/runtime/backend.py, executorch_backend.py): onnxruntime (default; one intra-op thread, the right choice for a model this small) and
-ExecuTorch (`executorch.runtime`, imported only when chosen). Note: executorch's Python bindings
-exchange torch tensors and load torch themselves, so only the ONNX backend is torch-free; the
-ExecuTorch backend is for parity checks and for C++ deployments that use the same `.pte`.
+`load_reranker` verifies the artifact folder BEFORE any inference (manifest fields, vocab hash, file size and
+sha256, the graph's input/output names, dtypes and shapes against the manifest), then builds the backend: the
+onnxruntime one (device/runtime/backend.py; the default, torch-free) or the optional ExecuTorch one
+(device/executorch_backend.py, imported only when chosen: its Python bindings exchange torch tensors; it serves
+parity checks and C++ deployments that use the same `.pte`). `ModelHolder` installs downloaded updates atomically.
 """
 from __future__ import annotations
 
@@ -47,7 +43,7 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
     if manifest.format == ModelFormat.ONNX:
         reranker: Reranker = OnnxReranker(path, manifest, threads=threads)
     else:
-        from device.runtime.executorch_backend import ExecuTorchReranker  # only where a .pte is loaded
+        from device.executorch_backend import ExecuTorchReranker  # torch: only where a .pte is loaded
 
         reranker = ExecuTorchReranker(path, manifest)
     check_golden(reranker, path)

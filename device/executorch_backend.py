@@ -1,14 +1,15 @@
-"""The ExecuTorch backend of the device runtime, through ExecuTorch's Python bindings.
+"""The ExecuTorch backend, an optional add-on to the device runtime (the `[executorch]` extra).
 
-Those bindings take and return torch tensors (executorch 1.5 has no numpy path), so this is the one module under
-device/runtime/ that imports torch, and only when a .pte artifact is loaded; the ONNX backend and everything else
-in the runtime stay torch-free (tests/test_boundaries.py names this exception). A native runner would remove it.
+ExecuTorch's Python bindings take and return torch tensors (executorch 1.5 has no numpy path), so this backend
+needs torch and therefore lives outside device/runtime/, which is torch-free. `device.runtime.artifact` imports it
+only when a .pte artifact is loaded; the ONNX backend needs none of it. A native runner would remove the torch need.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from device.runtime.backend import _Backend, _check_spec, check_manifest_shape
 from shared.errors import ManifestError
@@ -28,9 +29,6 @@ class ExecuTorchReranker(_Backend):
         except ImportError as exc:
             raise ManifestError(f"{path}: the ExecuTorch backend needs `pip install lsc4rec[executorch]` ({exc})") from None
         check_manifest_shape(manifest)
-        # executorch's pybindings take and return torch tensors (no numpy path in executorch 1.5)
-        import torch
-
         self._torch = torch
         try:
             program = Runtime.get().load_program(Path(path))
