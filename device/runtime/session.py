@@ -165,9 +165,10 @@ class DeviceSession:
             window[0, :-1] = window[0, 1:]
             window[0, -1] = item
         slot = self._slot_of.get(item)
-        self._since.append(item)
-        self._since_slots.append(-1 if slot is None else slot)
-        self._since_srm_ranks.append(self._rank_of.get(item, -1))
+        if self._measure.needs_context:  # only a context measure reads them (they grow until the next list)
+            self._since.append(item)
+            self._since_slots.append(-1 if slot is None else slot)
+            self._since_srm_ranks.append(self._rank_of.get(item, -1))
         if slot is not None and self._alive[slot]:
             self._alive[slot] = False
             self._alive_changed()
