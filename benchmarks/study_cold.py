@@ -69,17 +69,16 @@ def pooled(args, seeds: list[int]) -> tuple[dict, list[dict]]:
 
     loaded = {m: [np.load(args.out / f"s{s}" / f"{m}.npz") for s in seeds] for m in args.models}
     slices = np.concatenate([d["slice"] for d in loaded[args.models[0]]])
+    masks = {name: slices == name if name != "all" else np.ones(len(slices), dtype=bool) for name in SLICES}
     table, pairs = {}, []
     for model, parts in loaded.items():
         ranks = np.concatenate([d["ranks"] for d in parts])
-        for name in SLICES:
-            keep = slices == name if name != "all" else np.ones(len(slices), dtype=bool)
+        for name, keep in masks.items():
             table[(model, name)] = {"hr@10": hit_rate(ranks[keep], 10), "ndcg@10": ndcg(ranks[keep], 10),
                                     "recall@50": hit_rate(ranks[keep], 50), "examples": int(keep.sum())}
     base = "llm-text" if "llm-text" in loaded else args.models[0]
     for other in (m for m in args.models if m != base):
-        for name in SLICES:
-            keep = slices == name if name != "all" else np.ones(len(slices), dtype=bool)
+        for name, keep in masks.items():
             for metric, k in (("hr@10", 10), ("ndcg@10", 10)):
                 gain = {m: np.concatenate([_per_example(d["ranks"], metric, k) for d in loaded[m]])[keep]
                         for m in (base, other)}

@@ -205,6 +205,4 @@ class GeneratorWatcher:
     def _refuse(self, name: str, folder: Path, reason: str) -> None:
         self.refused[name] = reason
         log.error("refusing generator folder %s: %s", folder, reason)
-        metrics = getattr(self.server, "metrics", None)
-        if metrics is not None:
-            metrics.count_generator_switch("refused")
+        self.server.metrics.count_generator_switch("refused")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cloud.llm import load_generator
 from cloud.llm.evaluate import evaluate_loo, ranks_for
-from cloud.llm.train import load_llm_config, train
+from cloud.llm.train import PROTOCOLS as TRAIN_PROTOCOLS, load_llm_config, train
 from shared.cli import add_json_flag, emit, handler
 from shared.data.cold import PROTOCOLS, cold_world, recorded_draw
 from shared.data.dataset import load_dataset
@@ -33,7 +33,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                        help="item vectors from `lsc4rec embed items` (.npz): ground the item tokens in item text")
     train.add_argument("--out", type=Path, required=True, help="output folder for the trained model")
     train.add_argument("--seed", type=int, default=None, help="seed for init, shuffling and k-means (train.seed)")
-    train.add_argument("--protocol", choices=("stream", "loo", "cold", "cold-stream"), default=None,
+    train.add_argument("--protocol", choices=TRAIN_PROTOCOLS, default=None,
                        help="training split: stream = protocol B cloud split (default), loo = protocol A, cold / "
                             "cold-stream = protocol A / B with a seeded 10%% of the items (--cold-seed) removed from "
                             "training (protocol C)")
@@ -52,7 +52,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "(<= 10 training interactions) and warm targets, keys cold/hr@10, tail/ndcg@10, ...")
     ev.add_argument("--data", type=Path, required=True, help="dataset folder written by `data prepare`")
     ev.add_argument("--model", type=Path, required=True, help="folder written by `lsc4rec train llm`")
-    ev.add_argument("--protocol", choices=("loo", "cold", "cold-stream"), default="loo",
+    ev.add_argument("--protocol", choices=tuple(PROTOCOLS), default="loo",
                     help="loo = protocol A; cold / cold-stream = protocol C on LOO targets / stream events (the model "
                          "must be trained with the same --protocol and cold seed)")
     ev.add_argument("--seed", type=int, default=None,

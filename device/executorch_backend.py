@@ -29,7 +29,6 @@ class ExecuTorchReranker(_Backend):
         except ImportError as exc:
             raise ManifestError(f"{path}: the ExecuTorch backend needs `pip install lsc4rec[executorch]` ({exc})") from None
         check_manifest_shape(manifest)
-        self._torch = torch
         try:
             program = Runtime.get().load_program(Path(path))
             self._method = program.load_method("forward")
@@ -52,4 +51,4 @@ class ExecuTorchReranker(_Backend):
         _check_spec(f"{path}: tensor", spec, spec.name, dtype, shape if len(sizes) == len(spec.shape) else sizes)
 
     def _run(self, hist: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        return self._method.execute([self._torch.from_numpy(hist), self._torch.from_numpy(cand)])[0].detach().numpy()
+        return self._method.execute([torch.from_numpy(hist), torch.from_numpy(cand)])[0].detach().numpy()

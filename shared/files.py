@@ -19,16 +19,14 @@ from shared.errors import ChecksumError
 
 
 class _HashingWriter:
-    """A binary file handle that hashes (sha256) and counts what goes through `write`."""
+    """A binary file handle that hashes (sha256) what goes through `write`."""
 
     def __init__(self, handle: BinaryIO):
         self._handle = handle
         self.digest = hashlib.sha256()
-        self.size = 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
-        self.size += len(data)
         return self._handle.write(data)
 
 

@@ -55,11 +55,11 @@ def load_world(config: SimConfig, source=None, generator=None, reranker=None, da
 
 
 def make_replay(world: World, streams: Streams | None = None, seed: int = 0, retrain=None,
-                progress: bool = True, span=None) -> Replay:
+                progress: bool = True) -> Replay:
     cfg = world.config
     streams = streams if streams is not None else world.streams
-    span = span or world.streams.span
-    network = NetworkModel(cfg.network, seed, span, world.dataset.num_users, cfg.stream_length)
+    # the whole world's span, also for a subset of its streams (a Ray shard): outages fall at the same times
+    network = NetworkModel(cfg.network, seed, world.streams.span, world.dataset.num_users, cfg.stream_length)
     return Replay(streams, world.source, world.scorer, num_candidates=cfg.num_candidates,
                   slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, llm_norm=cfg.llm_norm,
                   network=network,
@@ -164,13 +164,24 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
         forced = np.zeros((steps, steps + 1), dtype=bool)
         consumed = np.zeros(world.dataset.num_items + 1, dtype=bool)
         consumed[past] = True
-        prev_row, ranks_rows, ranks_consumed = None, [], []
+        # per cached list k: for each step since it, the consumed item's slot in the list and its SRM rank among the
+        # list's items unconsumed just before it (neither depends on the later steps, so each is found once)
+        since_slots, since_ranks = [[] for _ in lists], [[] for _ in lists]
         if measure.needs_context:  # the SRM's scores before the first step (the history of the initial list)
             prev_row = world.scorer.catalogue_scores(pad_left([past], world.scorer.history_length))[0]
         for t in range(steps):
             if measure.needs_context:  # what the SRM believed, and what was consumed, just before step t
-                ranks_rows.append(prev_row)
-                ranks_consumed.append(consumed.copy())
+                item = items[t]
+                for k in range(t + 1):
+                    cands = lists[k]
+                    hit = np.flatnonzero(cands == item)
+                    since_slots[k].append(int(hit[-1]) if hit.size else -1)
+                    left = cands[~consumed[cands]]
+                    rank = -1
+                    if item in left:
+                        order = left[(-prev_row[left].astype(np.float64)).argsort(kind="stable")]
+                        rank = int(np.flatnonzero(order == item)[0])
+                    since_ranks[k].append(rank)
             consumed[items[t]] = True
             hist = np.concatenate([past, items[:t + 1]])
             table_row = world.scorer.catalogue_scores(pad_left([hist], world.scorer.history_length))[0]
@@ -187,15 +198,6 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
                     continue
                 if measure.needs_context:  # what the device holds (as DeviceSession._context_score builds it)
                     since = items[k:t + 1]
-                    slot_of = {int(i): j for j, i in enumerate(cands.tolist())}
-                    since_slots = np.array([slot_of.get(int(i), -1) for i in since], dtype=np.int64)
-                    # the SRM rank of each consumed item among the list's items unconsumed just before it
-                    srm_ranks = np.full(since.size, -1, dtype=np.int64)
-                    for j, (item, row, before) in enumerate(zip(since, ranks_rows[k:t + 1], ranks_consumed[k:t + 1])):
-                        left = cands[~before[cands]]
-                        if item in left:
-                            order = left[(-row[left].astype(np.float64)).argsort(kind="stable")]
-                            srm_ranks[j] = int(np.flatnonzero(order == item)[0])
                     held, in_list = np.zeros(0), np.zeros(0, dtype=bool)
                     if measure.needs_held:
                         extra = np.setdiff1d(lists[0], cands)
@@ -203,8 +205,9 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
                         held = np.concatenate([table_row[alive], table_row[extra]]).astype(np.float64)
                         in_list = np.concatenate([np.ones(alive.size, dtype=bool), np.zeros(extra.size, dtype=bool)])
                     scores[t, k] = measure.of_context(ListContext(
-                        table_row[alive].astype(np.float64), since.astype(np.int64), since_slots, cands.size,
-                        cfg.slate_size, held, in_list, srm_ranks))
+                        table_row[alive].astype(np.float64), since.astype(np.int64),
+                        np.asarray(since_slots[k], dtype=np.int64), cands.size,
+                        cfg.slate_size, held, in_list, np.asarray(since_ranks[k], dtype=np.int64)))
                 elif measure.needs_catalogue:
                     scores[t, k] = measure.of_catalogue(logits, alive, showable, cfg.slate_size)
                 else:
@@ -306,11 +309,11 @@ def check_cold_models(config: SimConfig) -> None:
     if config.llm:
         trained = json.loads((Path(config.llm) / "config.json").read_text())["train"]
         recorded_draw("cold-stream", config.cold_seed, config.cold_fraction, trained, f"llm {config.llm}")
-    ckpt = Path(config.srm) / "srm.pt"
-    if config.srm and not ckpt.is_file():
-        raise ConfigError("srm", config.srm, "protocol C needs the SRM's checkpoint (srm.pt) beside its export, to "
-                                             "check that it was trained without the cold items")
     if config.srm:
+        ckpt = Path(config.srm) / "srm.pt"
+        if not ckpt.is_file():
+            raise ConfigError("srm", config.srm, "protocol C needs the SRM's checkpoint (srm.pt) beside its export, "
+                                                 "to check that it was trained without the cold items")
         from device.training.artifacts import load_checkpoint
 
         _, record = load_checkpoint(ckpt)

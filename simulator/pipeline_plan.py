@@ -50,6 +50,11 @@ class Plan:
         return self.opts.llm_preset or ("compact-text" if self.opts.text else "compact")
 
     @property
+    def llm_dir(self) -> Path:
+        """The cloud LLM's folder: the one given with --llm, or OUT/llm."""
+        return Path(self.opts.llm) if self.opts.llm else self.out / "llm"
+
+    @property
     def srm_name(self) -> str:
         return SRM_NAMES.get(self.opts.srm_model, self.opts.srm_model)
 
@@ -63,7 +68,7 @@ class Commands:
     def __init__(self, plan: Plan):
         o, out = plan.opts, plan.out
         self.data, self.vectors = str(plan.data), out / "item-vectors.npz"
-        self.llm = Path(o.llm) if o.llm else out / "llm"
+        self.llm = plan.llm_dir
         self.indep = Path(o.srm_indep) if o.srm_indep else out / "srm-indep"
         self.coop = (Path(o.srm_coop) if o.srm_coop else out / "srm-coop") if o.coop else self.indep
         self.models = out / "models"
@@ -112,8 +117,7 @@ def stage_settings(plan: Plan, args: list[str]) -> dict:
 def sim_config(plan: Plan, extra: list[str], srm: Path | str = ""):
     """The simulation config of one replay: the preset, the run's data and models, the user's --sim-set, then
     `extra` (what that replay fixes)."""
-    llm = Path(plan.opts.llm) if plan.opts.llm else plan.out / "llm"
-    common = [f'data="{plan.data}"', f'llm="{llm}"', f"seeds={plan.seeds}", *plan.opts.sim_overrides]
+    common = [f'data="{plan.data}"', f'llm="{plan.llm_dir}"', f"seeds={plan.seeds}", *plan.opts.sim_overrides]
     return load_sim_config(plan.opts.sim_preset, common + ([f'srm="{srm}"'] if srm else []) + extra)
 
 

@@ -27,7 +27,7 @@ def _shard_rows(config_dict: dict, run: dict, policy: PolicySpec, user_index: li
     world = _WORLD[1]
     world.scorer.set_model(world.reranker)
     shard = world.streams.subset(np.asarray(user_index))
-    replay = make_replay(world, shard, seed=run["seed"], progress=False, span=world.streams.span)
+    replay = make_replay(world, shard, seed=run["seed"], progress=False)
     return replay.run(policy, run["fusion"], run["seed"]).rows
 
 

@@ -1,7 +1,6 @@
 """report.md, PNG plots and the mission's bars, all from metrics.json (also for a partial run)."""
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -242,12 +241,13 @@ def write_report(metrics: dict, out: Path) -> Path:
               "## The bars", ""] + _bar_lines(metrics.get("bars", {})) + ["",
               "## Headline (mean over seeds)", ""] + headline_lines(metrics) + ["",
               "## All results", ""] + results_table(agg, metrics.get("device_only")) + [""]
-    if popularity_lines(metrics):
+    popularity = popularity_lines(metrics)
+    if popularity:
         lines += ["## By the target's popularity (NDCG@10, mean over seeds)", "",
                   "Stream events grouped by how many interactions the target item has in the device's training "
                   "data (protocol B's past; with protocol C, the cold items' events first): where the cloud's "
                   "knowledge helps, and where the device's does.", ""]
-        lines += popularity_lines(metrics) + [""]
+        lines += popularity + [""]
     net = cfg.get("network", {})
     lines += ["## Network and freshness", "",
               f"Modelled link: median RTT {net.get('latency_ms')} ms (lognormal sigma {net.get('latency_sigma')}), "

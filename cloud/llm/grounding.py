@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cloud.llm.semantic_ids import NUM_SPECIAL
-
-GROUNDING_NAME = "item_text.npz"
+from cloud.llm.store import GROUNDING_NAME
+from shared.data.cold import item_counts
 
 
 class TextGrounding(torch.nn.Module):
@@ -72,18 +72,6 @@ def save_grounding(folder: str | Path, vectors: np.ndarray, proj: np.ndarray, tr
     return path
 
 
-def cold_bias(trained: np.ndarray, vocab_size: int, boost: float) -> np.ndarray | None:
-    """(V,) log-probability bonus `boost` on the tokens of the untrained items (None when there is nothing to add)."""
-    if not boost or np.all(trained):
-        return None
-    bias = np.zeros(vocab_size, dtype=np.float32)
-    bias[NUM_SPECIAL:][~np.asarray(trained, dtype=bool)] = boost
-    return bias
-
-
 def trained_items(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
     """(N,) bool: item i - 1 appears in at least one training sequence."""
-    seen = np.zeros(num_items + 1, dtype=bool)
-    for seq in sequences:
-        seen[np.asarray(seq, dtype=np.int64)] = True
-    return seen[1:]
+    return item_counts(sequences, num_items)[1:] > 0

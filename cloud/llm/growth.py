@@ -25,7 +25,7 @@ import numpy as np
 
 from cloud.generator_versions import FOLDER_PREFIX, write_record
 from cloud.llm.semantic_ids import INDEX_NAME, ItemIndex, atomic_index
-from cloud.llm.store import CONFIG_NAME, METRICS_NAME, MODEL_DIR
+from cloud.llm.store import CONFIG_NAME, GROUNDING_NAME, METRICS_NAME, MODEL_DIR
 from shared.data.catalog import CatalogRef, check_extends, read_raw_ids, write_raw_ids
 from shared.data.dataset import ITEMS, Dataset
 from shared.errors import DataFormatError, InvalidArgumentError
@@ -34,7 +34,6 @@ from shared.item_vectors import read_item_vectors, read_whitening
 from shared.manifest import new_version
 from shared.records import Item
 
-GROUNDING_NAME = "item_text.npz"  # cloud.llm.grounding.GROUNDING_NAME (that module imports torch)
 SAME_VECTOR_ATOL = 1e-4  # old items' vectors in a --vectors file vs the model's: float32 rounding, not a new whitening
 
 

@@ -73,10 +73,7 @@ def build_model(config: ModelConfig, vocab_size: int, depth: int, seed: int = 0)
     torch.manual_seed(seed)
     if config.preset in SCRATCH:
         return AutoModelForCausalLM.from_config(scratch_config(config, vocab_size, depth))
-    if config.preset == "smollm2-135m":
-        folder = smollm2_folder()
-    else:
-        folder = Path(config.folder)
+    folder = smollm2_folder() if config.preset == "smollm2-135m" else Path(config.folder)
     if not (Path(folder) / "config.json").is_file():
         raise ConfigError("model.folder", str(folder), "not a Hugging Face model folder (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cloud.text.encoders import TextEncoder, resolve_encoder
+from cloud.text.encoders import TextEncoder, resolve_encoder, shard_vectors
 from cloud.text.vectors import apply_whitening
 from shared.config import check
 from shared.data.dataset import vocab_hash
@@ -179,8 +179,7 @@ def semantic_index(items: Sequence[Item], embeddings: np.ndarray, config: Tokeni
 def embed_texts(texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
     """(len(texts), 384) float32 mean-pooled, L2-normalised MiniLM sentence embeddings."""
     model = TextEncoder(resolve_encoder("minilm"), "mean")
-    return apply_whitening(np.concatenate([model(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)]),
-                           None, None)
+    return apply_whitening(shard_vectors(model, texts, batch_size), None, None)
 
 
 def item_embeddings(items: Sequence[Item], cache_dir: str | Path | None = None) -> np.ndarray:

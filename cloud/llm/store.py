@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from cloud.llm.generate import LLMGenerator
-from cloud.llm.semantic_ids import ItemIndex
+from cloud.llm.semantic_ids import NUM_SPECIAL, ItemIndex
 from shared.config import to_dict
 from shared.data.catalog import write_raw_ids
 from shared.errors import ManifestError
@@ -18,6 +18,7 @@ from shared.records import Item
 MODEL_DIR = "model"
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.json"
+GROUNDING_NAME = "item_text.npz"  # text-grounded models: see cloud.llm.grounding
 
 
 def save_run(out: str | Path, model, index: ItemIndex, config, metrics: dict, token_bias=None,
@@ -70,10 +71,17 @@ def load_generator(folder: str | Path, dataset_or_catalog, beam_width: int = 0, 
                         beam_width=beam_width, batch_size=batch_size, token_bias=_cold_bias(folder, index, boost))
 
 
+def cold_bias(trained: np.ndarray, vocab_size: int, boost: float) -> np.ndarray | None:
+    """(V,) log-probability bonus `boost` on the tokens of the untrained items (None when there is nothing to add)."""
+    if not boost or np.all(trained):
+        return None
+    bias = np.zeros(vocab_size, dtype=np.float32)
+    bias[NUM_SPECIAL:][~np.asarray(trained, dtype=bool)] = boost
+    return bias
+
+
 def _cold_bias(folder: Path, index: ItemIndex, boost: float):
     """(V,) `boost` on the tokens of the items a text-grounded model never trained on; None without grounding."""
-    from cloud.llm.grounding import GROUNDING_NAME, cold_bias  # torch
-
     path = folder / GROUNDING_NAME
     if not path.is_file():
         return None

@@ -14,7 +14,7 @@ from cloud.llm.evaluate import evaluate_examples
 from cloud.llm.generate import LLMGenerator
 from cloud.llm.model import ModelConfig, build_model, count_parameters
 from cloud.llm.semantic_ids import BOS, NUM_SPECIAL, PAD, ItemIndex, TokenizerConfig, build_index
-from cloud.llm.store import save_run
+from cloud.llm.store import cold_bias, save_run
 from shared.config import apply_overrides, check, from_dict, read_toml, resolve_preset
 from shared.data.cold import loo_cold_split, stream_cold_split
 from shared.data.dataset import Dataset
@@ -256,8 +256,6 @@ def train(dataset: Dataset, config: LLMConfig, out: str | Path | None = None,
     model.eval()
     bias = None
     if grounding is not None:
-        from cloud.llm.grounding import cold_bias  # torch
-
         grounding.load_state_dict(best_grounding)
         bias = cold_bias(grounding.keep[NUM_SPECIAL:, 0].numpy() > 0, index.vocab_size, mc.cold_boost)
         generator = LLMGenerator(model, index, mc.max_history, token_bias=bias)

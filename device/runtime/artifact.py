@@ -157,9 +157,9 @@ class ModelHolder:
             return UpdateResult("updated", manifest.version)
 
     def _install(self, manifest: ModelManifest, download, vocab_hash: str) -> Reranker:
+        # Re-validate: the version becomes a folder name, and manifest_from_dict accepts only a plain name.
         manifest = manifest_from_dict(manifest_to_dict(manifest), source=f"manifest {manifest.version}")
-        if not manifest.version or "/" in manifest.version or manifest.version.startswith("."):
-            raise ManifestError(f"manifest version {manifest.version!r} is not a plain folder name")
+
         def write(out) -> None:
             for chunk in download(manifest):
                 out.write(chunk)

@@ -215,21 +215,21 @@ def decayed_misses(since_slots: np.ndarray, decay: float = MISS_DECAY) -> float:
     """sum_j decay^age_j over the items consumed since the list arrived that the list did not hold (slot -1);
     the newest item has age 0. 0 when every consumed item was in the list."""
     slots = np.asarray(since_slots, dtype=np.int64)
-    if slots.size == 0:
-        return 0.0
-    ages = np.arange(slots.size - 1, -1, -1)
-    return float(((slots < 0) * decay ** ages).sum())
+    return _decayed_sum(slots < 0, decay)
 
 
 def decayed_miss_depth(since_slots: np.ndarray, list_size: int, decay: float = MISS_DECAY) -> float:
     """Like `decayed_misses`, each consumed item weighted by how deep the LLM had put it: slot / N, 1 when the list
     did not hold it (a hit in the LLM's first slot counts 0)."""
     slots = np.asarray(since_slots, dtype=np.int64)
-    if slots.size == 0:
+    return _decayed_sum(np.where(slots < 0, 1.0, slots / max(int(list_size), 1)), decay)
+
+
+def _decayed_sum(weights: np.ndarray, decay: float) -> float:
+    """sum_j weights[j] x decay^age_j, the last entry (the newest event) of age 0; 0 for none."""
+    if weights.size == 0:
         return 0.0
-    depth = np.where(slots < 0, 1.0, slots / max(int(list_size), 1))
-    ages = np.arange(slots.size - 1, -1, -1)
-    return float((depth * decay ** ages).sum())
+    return float((weights * decay ** np.arange(weights.size - 1, -1, -1)).sum())
 
 
 #: Weight of `list_belief` in "miss-belief" (0.3 x the ratio of the two scores' spreads on the validation world's

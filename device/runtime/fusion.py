@@ -173,9 +173,7 @@ def neutral_untrained(items: np.ndarray, srm_logits: np.ndarray, mask: np.ndarra
     score lets the cloud's score place it. A list of untrained items only is returned as it is.
     """
     unknown = untrained_in(items, mask, num_items)
-    if unknown is None:
-        return srm_logits
-    if not unknown.any() or unknown.all():
+    if unknown is None or not unknown.any() or unknown.all():
         return srm_logits
     return np.where(unknown, srm_logits[~unknown].mean(), srm_logits)
 

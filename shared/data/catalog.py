@@ -29,7 +29,7 @@ class CatalogRef:
     @classmethod
     def of(cls, items: Sequence[Item] | Sequence[str]) -> "CatalogRef":
         """The full reference of a list of Items (or of raw ids in id order)."""
-        raw = tuple(i if isinstance(i, str) else i.raw_id for i in items)
+        raw = _raw_ids(items)
         return cls(raw_vocab_hash(raw), len(raw), raw)
 
     def items(self) -> tuple[Item, ...]:
@@ -37,6 +37,11 @@ class CatalogRef:
         if self.raw_ids is None:
             raise ValueError("this catalogue reference kept no raw ids")
         return tuple(Item(id=n, raw_id=raw, title="") for n, raw in enumerate(self.raw_ids, start=1))
+
+
+def _raw_ids(items: Sequence[Item] | Sequence[str]) -> tuple[str, ...]:
+    """The raw ids, in id order, of Items or of raw ids."""
+    return tuple(i if isinstance(i, str) else i.raw_id for i in items)
 
 
 def raw_vocab_hash(raw_ids: Sequence[str]) -> str:
@@ -52,7 +57,7 @@ def check_extends(base: CatalogRef, grown: Sequence[Item] | Sequence[str], path:
     replaced), and a new item whose raw id is already in the catalogue (one item, two ids). Line n + 1 is item n,
     as in a dataset's items.tsv (its line 1 is the header).
     """
-    raw = tuple(i if isinstance(i, str) else i.raw_id for i in grown)
+    raw = _raw_ids(grown)
     if len(raw) < base.num_items:
         raise DataFormatError(path, 0, "item", f"{len(raw)} items, fewer than the {base.num_items} of the catalogue "
                                                f"it must extend (item {len(raw) + 1} is missing; ids may only be added)")
@@ -75,7 +80,7 @@ def check_extends(base: CatalogRef, grown: Sequence[Item] | Sequence[str], path:
 
 def write_raw_ids(folder: str | Path, items: Sequence[Item] | Sequence[str]) -> Path:
     """`folder/catalogue.txt`: the raw ids in id order, so a later catalogue can be checked item by item."""
-    raw = [i if isinstance(i, str) else i.raw_id for i in items]
+    raw = _raw_ids(items)
     path = Path(folder) / RAW_IDS_NAME
     path.write_text("".join(f"{r}\n" for r in raw))
     return path

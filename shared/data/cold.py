@@ -23,7 +23,6 @@ PROTOCOL_C = ("C (cold items: a seeded share of the catalogue, 10% by default, i
               "tail = 1-10 training interactions, warm = more)")
 PROTOCOLS = {"loo": "A (loo, full ranking, seen items removed)", "cold": PROTOCOL_C + "; LOO test targets",
              "cold-stream": PROTOCOL_C + "; every protocol B stream event"}
-COLD_PROTOCOLS = ("cold", "cold-stream")
 SLICES = ("all", "cold", "tail", "warm")
 TAIL_MAX = 10
 

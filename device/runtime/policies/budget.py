@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from device.runtime.policies import POLICIES, Decision, PolicySpec, PolicyState, RequestPolicy, forced, uniform
+from device.runtime.policies import POLICIES, Decision, PolicySpec, PolicyState, RequestPolicy, uniform
 from device.runtime.policies.threshold import Threshold
 from shared.config import check
 from shared.errors import InvalidArgumentError
@@ -90,7 +90,7 @@ class Budget(RequestPolicy):
         return cut
 
     def decide(self, state: PolicyState) -> Decision:
-        decision = forced(state) or self._decide(state)
+        decision = super().decide(state)
         self.decisions += 1
         self.requests += int(decision.request)
         if self.adapt and math.isfinite(state.score):
