@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-install
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo bench codegen clean help
+.PHONY: venv test test-slow demo bench codegen native clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,8 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## create or refresh .venv (dev install: device, cloud, train, sim, test tools)
 
-test: venv  ## run the test suite (what CI runs)
+test: venv  ## run the test suite (what CI runs); builds the native runner first where the tools exist
+	@$(MAKE) --no-print-directory native || echo "make native failed: tests/device/test_native.py says why (skip: a missing tool; fail: a broken build)"
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+NATIVE_BUILD := build/native
+native: venv  ## build the native ExecuTorch runner (device/native) into build/native: cmake, g++, ninja-build, nlohmann-json3-dev, libssl-dev
+	cmake -S device/native -B $(NATIVE_BUILD) $(if $(shell command -v ninja),-G Ninja,) -DLSC4REC_PYTHON=$(abspath $(BIN)/python) --log-level=WARNING
+	cmake --build $(NATIVE_BUILD)
 
 test-slow: venv  ## real-data tests (ML-100K, longer training, a real local Ray: installs the [ray] extra)
 	$(PIP) install -q -c constraints.txt -e '.[dev,ray]'

@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from device.runtime.backend import OnnxReranker, Reranker, check_manifest_shape
+from device.runtime.native_backend import NativeReranker
+from device.runtime.native_backend import library_path as native_library_path
 from shared.errors import CatalogMismatchError, ChecksumError, InvalidArgumentError, LSC4RecError, ManifestError
 from shared.files import download_verified, staged_dir
 from shared.manifest import MANIFEST_NAME, manifest_from_dict, manifest_to_dict, read_manifest, verify_artifact, write_manifest
@@ -26,15 +28,17 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
                   threads: int = 1) -> Reranker:
     """Verify `folder` (manifest, vocab hash, size, sha256, graph I/O) and only then build the backend.
 
-    backend: "auto" (by the manifest's format), "onnx" or "executorch"; raises ManifestError or
+    backend: "auto" (by the manifest's format; a .pte runs natively when `make native` built the library, else
+    through the torch-based bindings), "onnx", "executorch" (the bindings) or "native"; raises ManifestError or
     CatalogMismatchError and loads nothing when a check fails.
     """
     manifest = read_manifest(folder)
     if vocab_hash is not None and manifest.vocab_hash != vocab_hash:
         raise CatalogMismatchError(f"{Path(folder) / MANIFEST_NAME}", vocab_hash, manifest.vocab_hash)
-    wanted = {"auto": manifest.format, "onnx": ModelFormat.ONNX, "executorch": ModelFormat.PTE}.get(backend)
+    wanted = {"auto": manifest.format, "onnx": ModelFormat.ONNX, "executorch": ModelFormat.PTE,
+              "native": ModelFormat.PTE}.get(backend)
     if wanted is None:
-        raise InvalidArgumentError("backend", backend, "must be auto, onnx or executorch")
+        raise InvalidArgumentError("backend", backend, "must be auto, onnx, executorch or native")
     if wanted != manifest.format:
         raise ManifestError(f"{folder}: backend {backend} needs a {wanted.value} artifact, "
                             f"the manifest is {manifest.format.value}")
@@ -42,6 +46,8 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
     manifest, path = verify_artifact(folder, manifest)
     if manifest.format == ModelFormat.ONNX:
         reranker: Reranker = OnnxReranker(path, manifest, threads=threads)
+    elif backend == "native" or (backend == "auto" and native_library_path() is not None):
+        reranker = NativeReranker(folder, manifest, threads=threads)  # torch-free: `make native` built it
     else:
         from device.executorch_backend import ExecuTorchReranker  # torch: only where a .pte is loaded
 

@@ -69,8 +69,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                           "LLM over the cached list (lsc4rec = the reference footrule + consumed-slot penalty), "
                           "or regret = how much of the SRM's top-K over the whole catalogue the list lacks "
                           f"(default {BEST_MEASURE})")
-    run.add_argument("--backend", default="auto", choices=("auto", "onnx", "executorch"),
-                     help="runtime backend (default: by the artifact's format)")
+    run.add_argument("--backend", default="auto", choices=("auto", "onnx", "executorch", "native"),
+                     help="runtime backend (default: by the artifact's format; a .pte runs on the native library "
+                          "when `make native` built it)")
     run.add_argument("--vocab-hash", default=None, help="refuse a model made for another catalogue")
     run.add_argument("--token", default="", help="bearer token for the cloud (default none)")
     run.add_argument("--timeout", type=float, default=2.0, help="deadline of one cloud call in seconds (default 2)")
