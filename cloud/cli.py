@@ -44,6 +44,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     serve.add_argument("--models", type=Path, default=None,
                        help="folder of published device artifacts (one subfolder per version; rescanned live)")
     serve.add_argument("--address", default=None, help="host:port to bind (default 127.0.0.1:50051; port 0 = any)")
+    serve.add_argument("--replicas", default="1", metavar="N",
+                       help="server processes on --address, 1..64 or auto (one per core; default 1): each a whole "
+                            "server with its own generator and batcher, sharing the port (SO_REUSEPORT: the kernel "
+                            "spreads connections), under one parent that restarts a replica that exits (with back-off, "
+                            "--set replicas.KEY=VALUE), reports SERVING only once all are ready, drains them all on "
+                            "SIGTERM and replaces them one at a time on SIGHUP; generator_threads 0 becomes "
+                            "cores/N each; with --metrics-port P the parent's metrics are on P and replica k's on "
+                            "P+1+k")
     serve.add_argument("--config", type=Path, default=None, help="TOML file of ServerConfig (cloud/presets/)")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set batch.max_batch_size=16 (repeatable)")
@@ -54,7 +62,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     serve.add_argument("--tls-client-ca", type=Path, default=None,
                        help="CA certificate (PEM) that client certificates must be signed by: turns on mutual TLS")
     serve.add_argument("--metrics-port", type=int, default=None,
-                       help="expose Prometheus /metrics on 127.0.0.1:PORT (0 = any free port)")
+                       help="expose Prometheus /metrics on 127.0.0.1:PORT (0 = any free port; with --replicas N, "
+                            "ports PORT..PORT+N)")
     serve.add_argument("--port-file", type=Path, default=None,
                        help="write the bound port to this file once the server is SERVING")
     serve.add_argument("--log-level", default="INFO", help="logging level (DEBUG logs every call)")
@@ -135,28 +144,56 @@ def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
     return args.tls_key.read_bytes(), args.tls_cert.read_bytes()
 
 
-def serve_main(args: argparse.Namespace) -> int:
-    """Start, load and warm the generator, serve until SIGTERM/SIGINT, drain, exit 0."""
+def serve_main(args: argparse.Namespace, replica=None) -> int:
+    """Start, load and warm the generator, serve until SIGTERM/SIGINT, drain, exit 0.
+
+    `--replicas N` > 1: supervise N replicas instead (cloud.replicas); `replica` is set in each of them (its link to
+    the parent: SO_REUSEPORT, health held until the parent says every replica is ready, stop when the parent dies)."""
+    from cloud.replicas import LOG_FORMAT, parse_replicas
     from cloud.server import ServerConfig, create_server  # grpc and the servicers: only when serving
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    count = parse_replicas(args.replicas)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT if replica is None else replica.log_format)
     config = load_config(ServerConfig, args.config, args.overrides)
     token = None
     if args.token_file is not None:
         token = args.token_file.read_text().strip()
         if not token:
             raise ConfigError("--token-file", str(args.token_file), "the file is empty")
-    stop = threading.Event()
+    tls = _tls(args)
+    if count > 1 and replica is None:
+        from cloud.replicas import supervise
+
+        if args.popularity is None and args.data is None:  # what every replica would refuse: refuse it once
+            flag = "--llm" if args.llm else "--generators" if args.generators else "--generator"
+            raise ConfigError("--data", None, f"the dataset folder is required with {flag}")
+        if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535 - count:
+            raise ConfigError("--metrics-port", args.metrics_port, f"must be in 0..{65535 - count} with --replicas "
+                                                                   f"{count} (ports PORT..PORT+{count})")
+        return supervise(args, count, config)
+    stop = threading.Event() if replica is None else replica.stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if replica is not None:  # SIGHUP is the parent's (a rolling replacement), not the replica's
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    generator = None
+    if replica is not None and args.generators is None:  # a replica joins the shared port ready to answer
+        generator = _load_generator(args, config.generator_threads)
     server, port = create_server(config, None, args.models, address=args.address, token=token,
-                                 tls=_tls(args), metrics_port=args.metrics_port,
-                                 tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None)
+                                 tls=tls, metrics_port=args.metrics_port,
+                                 tls_client_ca=args.tls_client_ca.read_bytes() if args.tls_client_ca else None,
+                                 reuse_port=replica is not None, hold_serving=replica is not None)
     try:
+        if replica is not None:
+            replica.attach(server)
         if not stop.is_set() and args.generators is not None:
             _serve_versions(server, args, config)
         elif not stop.is_set():
-            server.set_generator(_load_generator(args, config.generator_threads))
+            if generator is None:
+                generator = _load_generator(args, config.generator_threads)
+            server.set_generator(generator)
+        if replica is not None and not stop.is_set():
+            replica.ready(port, getattr(server, "metrics_port", None))
         if args.port_file is not None and not stop.is_set():
             tmp = args.port_file.with_suffix(".tmp")
             tmp.write_text(f"{port}\n")
@@ -164,7 +201,7 @@ def serve_main(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
     finally:
-        server.stop()
+        server.stop(None if replica is None else replica.grace(config))
     return 0
 
 
@@ -190,3 +227,13 @@ def publish_llm_main(args: argparse.Namespace) -> int:
           "vocab_hash": record["vocab_hash"], "new_items": added, "grown_from": record["grown_from"]["version"]},
          args.json, title="published generator")
     return 0
+
+
+if __name__ == "__main__":  # a replica of `cloud serve --replicas N` (cloud.replicas starts it)
+    import sys
+
+    from cloud.replicas import replica_main
+
+    if sys.argv[1:] != ["--replica"]:
+        sys.exit("python -m cloud.cli runs a replica of `lsc4rec cloud serve --replicas N`, which starts it")
+    sys.exit(replica_main(serve_main))

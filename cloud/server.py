@@ -34,6 +34,7 @@ from cloud.errors import (REQUEST_ID_KEY, AuthError, CallLog, OverloadedError, l
                           status_for, stream_boundary)
 from cloud.metrics import ServerMetrics
 from cloud.registry import ModelRegistry
+from cloud.replicas import ReplicaConfig
 
 log = logging.getLogger("lsc4rec.cloud")
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
@@ -53,12 +54,16 @@ class ServerConfig:
     chunk_bytes: int = 64 << 10  # DownloadModel chunk size
     workers: int = 0  # RPCs of any kind served at once (gRPC's own limit); 0 = max_in_flight + 16
     grace_s: float = 10.0  # on shutdown, how long in-flight calls may take to finish
+    # on shutdown, how long to keep serving after health turns NOT_SERVING, before the listener closes: clients that
+    # balance over several addresses with health checking (device.runtime.client) move away first; 0 = close at once
+    drain_s: float = 0.0
     max_call_s: float = 60.0  # deadline given to calls that carry none (or a longer one)
     generator_threads: int = 0  # torch intra-op threads of the LLM generator; 0 = torch's default
     # `serve --generators DIR`: seconds between scans of DIR for a newly published generator version (loaded and
     # warmed up off the serving path, then switched to); 0 = only the version found at start
     generator_poll_s: float = 5.0
     batch: BatcherConfig = field(default_factory=BatcherConfig)
+    replicas: ReplicaConfig = field(default_factory=ReplicaConfig)  # `serve --replicas N`: the supervising parent
 
     def __post_init__(self):
         check(self.max_in_flight >= 1, "max_in_flight", self.max_in_flight, "must be >= 1")
@@ -74,6 +79,7 @@ class ServerConfig:
         check(self.generator_threads >= 0, "generator_threads", self.generator_threads, "must be >= 0")
         check(self.generator_poll_s >= 0, "generator_poll_s", self.generator_poll_s, "must be >= 0")
         check(self.grace_s >= 0, "grace_s", self.grace_s, "must be >= 0")
+        check(0 <= self.drain_s <= 300, "drain_s", self.drain_s, "must be in [0, 300]")
         check(0 < self.max_call_s <= 3600, "max_call_s", self.max_call_s, "must be in (0, 3600]")
         check(":" in self.address, "address", self.address, "must look like host:port")
 
@@ -240,13 +246,47 @@ class _LoopThread:
             self.loop.close()
 
 
+class _Health(health.aio.HealthServicer):
+    """gRPC's health servicer whose Watch streams end when the server drains (after NOT_SERVING was sent).
+
+    gRPC's client-side health checking (device.runtime.client with several addresses) keeps one Watch open per
+    connection; an open stream is an in-flight call, which would hold every drain to its full grace period."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches: set[asyncio.Task] = set()
+        self._ending = False
+
+    async def Watch(self, request, context) -> None:
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        self._watches.add(watch)
+        try:
+            await watch
+        except asyncio.CancelledError:
+            if not self._ending:
+                raise
+        finally:
+            self._watches.discard(watch)
+
+    async def end_watches(self) -> None:
+        """End the open Watch streams (status OK; a health-checking client reconnects or moves away)."""
+        self._ending = True
+        await asyncio.sleep(0.05)  # let the NOT_SERVING updates go out first
+        for watch in list(self._watches):
+            watch.cancel()
+
+
 class CloudServer:
     """A started grpc.aio server (its event loop in a thread of its own) plus its health, metrics and generator slot."""
 
     def __init__(self, config: ServerConfig, models_dir: str | Path | None, address: str,
                  token: str | None = None, tls: tuple[bytes, bytes] | None = None,
-                 tls_client_ca: bytes | None = None):
+                 tls_client_ca: bytes | None = None, reuse_port: bool = False, hold_serving: bool = False):
         self.config = config
+        self.reuse_port = reuse_port  # several processes (cloud.replicas) listen on one port: SO_REUSEPORT
+        # cloud.replicas: health stays NOT_SERVING after the generator is ready until `release()` (every replica ready)
+        self._held = hold_serving
+        self.ready = threading.Event()  # set once a generator is warmed up and swapped in
         self.metrics = ServerMetrics()
         self.registry = ModelRegistry(models_dir)
         self.candidates = CandidateServicer(config, self.metrics)
@@ -267,14 +307,14 @@ class CloudServer:
     async def _build(self, address: str, token: str | None, tls: tuple[bytes, bytes] | None,
                      client_ca: bytes | None) -> int:
         """On the loop: the aio server and its services (grpc.aio objects belong to the loop that made them)."""
-        self.health = health.aio.HealthServicer()
+        self.health = _Health()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         interceptors = [TokenInterceptor(token, self.metrics)] if token else []
         self.grpc = grpc.aio.server(
             interceptors=interceptors, maximum_concurrent_rpcs=self.config.threads,
             options=[("grpc.max_receive_message_length", self.config.max_receive_bytes),
                      ("grpc.max_send_message_length", self.config.max_send_bytes),
-                     ("grpc.so_reuseport", 0),
+                     ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                      # Devices send keepalive pings (device.runtime.client) to notice dead links; accept them.
                      ("grpc.keepalive_permit_without_calls", 1),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -336,7 +376,9 @@ class CloudServer:
                 batcher.stop()
                 raise UnavailableError("the server is stopping; generator not swapped in")
             old = self._loop.run(self._swap(generator, batcher, catalog))
-            self._loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
+            if not self._held:
+                self._loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
+        self.ready.set()
         self.metrics.set_generator(generator.version, generator.num_items)
         if old is None:
             log.info("generator %s ready (%d items, batch <= %d, wait <= %.1f ms); models %s; serving on %s",
@@ -353,6 +395,13 @@ class CloudServer:
         old = self.candidates.generator, self.candidates.batcher
         self.candidates.generator, self.candidates.batcher, self.catalog = generator, batcher, catalog
         return None if old[0] is None else old
+
+    def release(self) -> None:
+        """End a `hold_serving` hold: health reports SERVING from now on (at once if the generator is ready)."""
+        with self._stop_lock:
+            self._held = False
+            if self.candidates.generator is not None and not self._stopping:
+                self._loop.run(self._set_health(health_pb2.HealthCheckResponse.SERVING))
 
     def on_stop(self, stop: Callable[[], None]) -> None:
         """Run `stop` first when the server stops (e.g. a generator watcher, which must not swap during a drain)."""
@@ -371,6 +420,10 @@ class CloudServer:
         try:
             self._loop.run(self.health.enter_graceful_shutdown())
             self.draining = True  # set once health reports NOT_SERVING
+            if self.config.drain_s > 0:  # health-checking clients stop picking this server before it closes
+                log.info("NOT_SERVING; closing in %.1f s", self.config.drain_s)
+                time.sleep(self.config.drain_s)
+            self._loop.run(self.health.end_watches())
             log.info("draining (grace %.1f s, %d in flight)", grace, self.candidates.in_flight)
             self._loop.run(self.grpc.stop(grace), timeout=grace + 30)
         finally:
@@ -397,17 +450,19 @@ def _warm_up(generator: CandidateGenerator) -> None:
 def create_server(config: ServerConfig, generator: CandidateGenerator | None = None,
                   models_dir: str | Path | None = None, *, address: str | None = None,
                   token: str | None = None, tls: tuple[bytes, bytes] | None = None,
-                  tls_client_ca: bytes | None = None, metrics_port: int | None = None) -> tuple[CloudServer, int]:
+                  tls_client_ca: bytes | None = None, metrics_port: int | None = None, reuse_port: bool = False,
+                  hold_serving: bool = False) -> tuple[CloudServer, int]:
     """Build and start the server; returns it and its bound port (address port 0 picks a free one).
 
     Without a generator it answers UNAVAILABLE (health NOT_SERVING) until `set_generator` is called.
     `tls` is (private key PEM, certificate chain PEM); `tls_client_ca` (PEM) turns on mutual TLS.
-    `metrics_port` exposes /metrics on 127.0.0.1.
+    `metrics_port` exposes /metrics on 127.0.0.1. `reuse_port` binds with SO_REUSEPORT (several replicas on one
+    port, cloud.replicas); `hold_serving` keeps health NOT_SERVING once the generator is ready until `release()`.
     """
     if tls_client_ca is not None and tls is None:
         raise ConfigError("tls_client_ca", "<pem>", "mutual TLS needs the server's own key and certificate")
     server = CloudServer(config, models_dir, address or config.address, token=token, tls=tls,
-                         tls_client_ca=tls_client_ca)
+                         tls_client_ca=tls_client_ca, reuse_port=reuse_port, hold_serving=hold_serving)
     if metrics_port is not None:
         server.metrics_port = server.metrics.serve(metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", server.metrics_port)

@@ -39,7 +39,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         "run", help="replay one user's events against a cloud server, printing each slate",
         description="Replay a user's events through a DeviceSession talking to a real cloud server: for each "
                     "event print the top-K slate and whether a fresh candidate list was requested, and why.")
-    run.add_argument("--server", required=True, help="cloud address host:port")
+    run.add_argument("--server", required=True,
+                     help="cloud address host:port; or several IP:port, comma-separated, or dns:///NAME:PORT (every "
+                          "address of the name): calls are spread by gRPC's round_robin and a server reporting "
+                          "NOT_SERVING (draining) is skipped")
     run.add_argument("--model", type=Path, required=True, help="SRM artifact folder (manifest.json + model file)")
     run.add_argument("--user", required=True, help="user id sent to the cloud")
     run.add_argument("--events", type=Path, required=True,

@@ -1,6 +1,8 @@
-"""Torch-free gRPC client of the cloud: deadlines, retries of UNAVAILABLE by gRPC's retry policy, verified downloads."""
+"""Torch-free gRPC client of the cloud: deadlines, retries of UNAVAILABLE (and a shutdown's CANCELLED) by gRPC's retry
+policy, verified downloads."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ import grpc
 
 from shared import wire
 from shared.config import check
-from shared.errors import InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
+from shared.errors import ConfigError, InvalidArgumentError, LSC4RecError, ManifestError, UnavailableError
 from shared.files import download_verified, staged_dir
 from shared.manifest import manifest_from_dict, manifest_to_dict, verify_artifact, write_manifest
 from shared.records import CandidateRequest, CandidateResponse, ModelFormat, ModelManifest
@@ -28,10 +30,13 @@ RETRIED_METHODS = (("lsc4rec.v1.CandidateService", "GetCandidates"), ("lsc4rec.v
 class ClientConfig:
     """How the device talks to the cloud."""
 
+    # host:port; or several IP addresses, comma-separated (127.0.0.1:50051,10.0.0.2:50051), or dns:///NAME:PORT (every
+    # address of the name): gRPC's round_robin spreads the calls over them and its client-side health checking
+    # (grpc.health.v1 Watch) skips a server that reports NOT_SERVING, e.g. one draining
     address: str = "127.0.0.1:50051"
     timeout_s: float = 2.0  # total budget of one call, retries included
     download_timeout_s: float = 120.0  # total budget of one artifact download (never retried)
-    # gRPC's retry policy (`retry_service_config`): attempts per unary call, only UNAVAILABLE is retried, after a
+    # gRPC's retry policy (`retry_service_config`): attempts per unary call, only RETRYABLE_CODES are retried, after a
     # pause drawn uniformly from [0, cap]; the cap starts at backoff_initial_s and doubles up to backoff_max_s.
     max_attempts: int = 3
     backoff_initial_s: float = 0.05
@@ -51,6 +56,7 @@ class ClientConfig:
 
     def __post_init__(self):
         check(self.timeout_s > 0, "timeout_s", self.timeout_s, "must be > 0")
+        channel_target(self.address)  # a bad address list is refused here, naming it
         check(self.download_timeout_s > 0, "download_timeout_s", self.download_timeout_s, "must be > 0")
         check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_cert_file", self.tls_cert_file,
               "give tls_cert_file and tls_key_file together")
@@ -96,7 +102,8 @@ class CallStats:
 
 
 class CloudClient:
-    """One channel to the cloud. Every call has a deadline; only UNAVAILABLE is retried (gRPC's retry policy).
+    """One channel to the cloud. Every call has a deadline; only UNAVAILABLE and a shutdown's CANCELLED are retried
+    (gRPC's retry policy, RETRYABLE_CODES).
 
     A `channel` given here is used as it is: build it with `channel_options(config)` to keep the retry policy.
     `num_items`: the largest item id an answer may hold; None (a device) accepts any id >= 1, because the cloud's
@@ -223,18 +230,58 @@ def _typed(exc: grpc.RpcError) -> LSC4RecError:
     return CloudError(code.name, details)
 
 
+# UNAVAILABLE: no server, or one that is not ready or draining. CANCELLED: a server shutting down cancels the calls its
+# core had received but not yet handed to a handler (grpc/grpc#41785, open in grpcio 1.85) instead of refusing them;
+# both unary calls are stateless and idempotent, so another attempt (on another replica) is safe. A deadline, a bad
+# argument or a refused token is never retried.
+RETRYABLE_CODES = ("UNAVAILABLE", "CANCELLED")
+
+
 def retry_service_config(config: ClientConfig) -> str:
-    """gRPC's service config (JSON): the unary calls retry UNAVAILABLE, and nothing else, with jittered backoff.
+    """gRPC's service config (JSON): the unary calls retry RETRYABLE_CODES, and nothing else, with jittered backoff.
 
     Attempt n + 1 follows attempt n after a pause drawn from [0, min(backoff_initial_s * 2^(n-1), backoff_max_s)];
     the call's deadline bounds them all."""
     policy = {"maxAttempts": config.max_attempts, "initialBackoff": f"{config.backoff_initial_s:.9f}s",
               "maxBackoff": f"{config.backoff_max_s:.9f}s", "backoffMultiplier": 2,
-              "retryableStatusCodes": ["UNAVAILABLE"]}
+              "retryableStatusCodes": list(RETRYABLE_CODES)}
     method = {"name": [{"service": service, "method": name} for service, name in RETRIED_METHODS]}
     if config.max_attempts > 1:  # gRPC refuses a policy of one attempt: no policy is no retry
         method["retryPolicy"] = policy
-    return json.dumps({"methodConfig": [method]})
+    service_config: dict = {"methodConfig": [method]}
+    if channel_target(config.address)[1]:  # several servers: gRPC balances and health-checks them
+        service_config["loadBalancingConfig"] = [{"round_robin": {}}]
+        service_config["healthCheckConfig"] = {"serviceName": ""}
+    return json.dumps(service_config)
+
+
+def channel_target(address: str) -> tuple[str, bool]:
+    """The gRPC target of `ClientConfig.address` and whether it names several servers (balanced by round_robin).
+
+    `host:port` is one server (pick_first, as before); `dns:///NAME:PORT` is every address of NAME; a comma-separated
+    list of IP host:port is gRPC's `ipv4:`/`ipv6:` target. A list of names is refused (gRPC resolves one name per
+    channel: give it a dns:/// name holding every address)."""
+    address = address.strip()
+    if address.startswith("dns:"):
+        check(len(address.split(":")) >= 2 and "," not in address, "address", address,
+              "a dns: target is one name: dns:///NAME:PORT")
+        return address, True
+    parts = [part.strip() for part in address.split(",")]
+    if len(parts) == 1:
+        check(bool(address) and ":" in address, "address", address, "must look like host:port")
+        return address, False
+    families = set()
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        check(bool(host) and port.isdigit(), "address", address, f"{part!r} is not IP:port")
+        try:
+            families.add("ipv6" if host.startswith("[") else "ipv4")
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError("address", address, f"{host!r} is not an IP address: several addresses must be IP "
+                                                  "literals; for a name use dns:///NAME:PORT") from None
+    check(len(families) == 1, "address", address, "several addresses must all be IPv4 or all IPv6")
+    return f"{families.pop()}:{','.join(parts)}", True
 
 
 def channel_options(config: ClientConfig) -> list[tuple[str, object]]:
@@ -260,11 +307,12 @@ def channel_options(config: ClientConfig) -> list[tuple[str, object]]:
 
 def _make_channel(config: ClientConfig) -> grpc.Channel:
     options = channel_options(config)
+    target = channel_target(config.address)[0]
     if not config.tls_ca_file:
-        return grpc.insecure_channel(config.address, options=options)
+        return grpc.insecure_channel(target, options=options)
     identity = {}
     if config.tls_cert_file:
         identity = {"certificate_chain": Path(config.tls_cert_file).read_bytes(),
                     "private_key": Path(config.tls_key_file).read_bytes()}
     creds = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca_file).read_bytes(), **identity)
-    return grpc.secure_channel(config.address, creds, options=options)
+    return grpc.secure_channel(target, creds, options=options)

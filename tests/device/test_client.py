@@ -128,7 +128,7 @@ def test_the_retry_policy_is_grpcs_service_config():
     config = json.loads(retry_service_config(ClientConfig(max_attempts=4, backoff_initial_s=0.05, backoff_max_s=1.0)))
     (method,) = config["methodConfig"]
     assert method["retryPolicy"] == {"maxAttempts": 4, "initialBackoff": "0.050000000s", "maxBackoff": "1.000000000s",
-                                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+                                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}
     assert {(n["service"], n["method"]) for n in method["name"]} == {
         ("lsc4rec.v1.CandidateService", "GetCandidates"), ("lsc4rec.v1.ModelService", "GetLatestManifest")}
     # one attempt: no policy at all (gRPC refuses maxAttempts 1)
