@@ -35,7 +35,7 @@ from pathlib import Path
 os.sched_setaffinity(0, {{{cpu}}})
 from device.runtime.cli import bench_figures
 figures = bench_figures(Path({model!r}), events={events}, num_candidates=50, history=100, policy="budget:0.1",
-                        measure={measure!r})
+                        measure={measure!r}, catalogue={catalogue})
 print(json.dumps(figures))
 """
 
@@ -51,8 +51,9 @@ def model_folder() -> tuple[Path, str]:
     return STANDIN / "onnx", "untrained stand-in"
 
 
-def device_figures(model: Path, events: int, cpu: int, measure: str = "lsc4rec") -> dict:
-    code = _DEVICE.format(cpu=cpu, model=str(model), events=events, measure=measure)
+def device_figures(model: Path, events: int, cpu: int, measure: str = "lsc4rec", catalogue: int = 0) -> dict:
+    """bench_figures in a fresh process pinned to `cpu` (catalogue: a user encoder's stand-in catalogue size)."""
+    code = _DEVICE.format(cpu=cpu, model=str(model), events=events, measure=measure, catalogue=catalogue)
     proc = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode != 0:

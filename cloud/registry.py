@@ -10,8 +10,9 @@ from pathlib import Path
 
 from shared.errors import LSC4RecError, ManifestError
 from shared.files import staged_dir
-from shared.manifest import MANIFEST_NAME, read_manifest, verify_artifact
+from shared.manifest import MANIFEST_NAME, read_manifest, sha256_file, verify_artifact
 from shared.records import ModelFormat, ModelManifest
+from shared.vector_table import VECTOR_TABLE_NAME
 
 from cloud.errors import NotFoundError
 
@@ -41,6 +42,11 @@ def publish(artifact_folder: str | Path, models_dir: str | Path) -> Path:
     with staged_dir(final) as tmp:
         shutil.copyfile(path, tmp / manifest.file_name)
         shutil.copyfile(Path(artifact_folder) / MANIFEST_NAME, tmp / MANIFEST_NAME)
+        if manifest.kind == "user-encoder":  # the table the cloud sends vectors from stays beside the encoder
+            if sha256_file(Path(artifact_folder) / VECTOR_TABLE_NAME) != manifest.vector_table_sha256:
+                raise ManifestError(f"{Path(artifact_folder) / VECTOR_TABLE_NAME}: sha256 differs from the manifest's "
+                                    "vector_table_sha256")
+            shutil.copyfile(Path(artifact_folder) / VECTOR_TABLE_NAME, tmp / VECTOR_TABLE_NAME)
         verify_artifact(tmp)
     return final
 
@@ -67,20 +73,29 @@ class ModelRegistry:
             for gone in self._seen.keys() - names:
                 del self._seen[gone]
                 self.refused.pop(gone, None)
-            newest: dict[ModelFormat, Published] = {}
+            newest: dict[tuple[ModelFormat, str], Published] = {}
             for item in self._seen.values():
                 if item is None:
                     continue
-                best = newest.get(item.manifest.format)
+                key = (item.manifest.format, item.manifest.kind)
+                best = newest.get(key)
                 if best is None or item.manifest.version > best.manifest.version:
-                    newest[item.manifest.format] = item
+                    newest[key] = item
             return newest
 
-    def latest(self, fmt: ModelFormat) -> Published:
-        found = self.scan().get(fmt)
+    def latest(self, fmt: ModelFormat, kind: str = "scorer") -> Published:
+        """The newest verified artifact of a format and manifest kind (a device updates only within its kind)."""
+        found = self.scan().get((fmt, kind or "scorer"))
         if found is None:
-            raise NotFoundError(f"format = {fmt.value!r}: no {fmt.value} artifact is published")
+            raise NotFoundError(f"format = {fmt.value!r}, kind = {kind or 'scorer'!r}: no such artifact is published")
         return found
+
+    def vector_table(self, version: str) -> Path:
+        """The item vector table published with a user-encoder version (verified when its table is loaded)."""
+        published = self.find(version, ModelFormat.ONNX)
+        if published.manifest.kind != "user-encoder":
+            raise NotFoundError(f"version = {version!r}: a {published.manifest.kind}, which has no vector table")
+        return published.path.parent / VECTOR_TABLE_NAME
 
     def find(self, version: str, fmt: ModelFormat) -> Published:
         """A published, verified artifact by version (it may be older than the newest)."""
@@ -93,7 +108,8 @@ class ModelRegistry:
 
     def versions(self) -> dict[str, str]:
         """Format -> newest version, for logs."""
-        return {fmt.value: p.manifest.version for fmt, p in self.scan().items()}
+        return {fmt.value + ("" if kind == "scorer" else f"/{kind}"): p.manifest.version
+                for (fmt, kind), p in self.scan().items()}
 
     def _folder_names(self) -> set[str]:
         if self.models_dir is None or not self.models_dir.is_dir():

@@ -34,6 +34,7 @@ from cloud.errors import (REQUEST_ID_KEY, AuthError, CallLog, OverloadedError, l
                           status_for, stream_boundary)
 from cloud.metrics import ServerMetrics
 from cloud.registry import ModelRegistry
+from cloud.vectors import VectorTables
 from cloud.replicas import ReplicaConfig
 
 log = logging.getLogger("lsc4rec.cloud")
@@ -102,6 +103,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         self._in_flight = 0
         self.generator: CandidateGenerator | None = None
         self.batcher: MicroBatcher | None = None
+        self.vector_tables: VectorTables | None = None  # item vectors for catalogue-free devices (set by CloudServer)
 
     @property
     def in_flight(self) -> int:
@@ -127,6 +129,13 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
                                    self.config.max_candidates)
         if req.request_id != rid:
             req = dataclasses.replace(req, request_id=rid)  # the batcher's log lines carry it too
+        table = None
+        if req.with_vectors:  # checked before generating: a version with no table is refused at once
+            if self.vector_tables is None:
+                raise InvalidArgumentError("with_vectors", True, "this server publishes no item vectors")
+            table = self.vector_tables.cached(req.device_model_version)
+            if table is None:
+                table = await asyncio.to_thread(self.vector_tables.load, req.device_model_version)
         remaining = context.time_remaining()  # None: the client set no deadline
         deadline = time.monotonic() + min(remaining if remaining is not None else math.inf, self.config.max_call_s)
         start = time.perf_counter()
@@ -135,7 +144,10 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         if log.isEnabledFor(logging.DEBUG):
             CallLog(log, {"request_id": rid}).debug("user %s: %d candidates in %.1f ms", req.user_id,
                                                    len(candidates), ms)
-        return wire.response_to_pb(CandidateResponse(tuple(candidates), generator.version, ms, rid))
+        vectors = None
+        if table is not None:  # each candidate's row and each missing history item's
+            vectors = table.lookup([c.item for c in candidates] + list(req.missing_vectors))
+        return wire.response_to_pb(CandidateResponse(tuple(candidates), generator.version, ms, rid, vectors))
 
 
 class ModelServicer(pb_grpc.ModelServiceServicer):
@@ -149,7 +161,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     @rpc_boundary("GetLatestManifest")
     async def GetLatestManifest(self, request: pb.GetLatestManifestRequest, context, rid: str):
         # A new folder is verified (sha256 of the whole file) on first sight: not on the loop.
-        published = await asyncio.to_thread(self.registry.latest, wire.format_from_pb(request.format))
+        published = await asyncio.to_thread(self.registry.latest, wire.format_from_pb(request.format), request.kind)
         version = published.manifest.version
         return pb.GetLatestManifestResponse(manifest=wire.manifest_to_pb(published.manifest),
                                             update_available=version != request.current_version)
@@ -291,6 +303,7 @@ class CloudServer:
         self.registry = ModelRegistry(models_dir)
         self.candidates = CandidateServicer(config, self.metrics)
         self.models = ModelServicer(config, self.registry, self.metrics)
+        self.candidates.vector_tables = VectorTables(self.registry)
         self.draining = False
         self.catalog: CatalogRef | None = None  # the served generator's catalogue, when its source knows it
         self._on_stop: list[Callable[[], None]] = []

@@ -13,6 +13,8 @@ from shared.errors import ManifestError
 from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
+KINDS = ("scorer", "user-encoder")  # ModelManifest.kind
+_OPTIONAL = ("metrics", "golden", "untrained_items", "kind", "vector_dim", "vector_table_sha256")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHUNK = 1 << 20
 
@@ -38,7 +40,7 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: expected a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(ModelManifest)}
-    missing = sorted(n for n in names if n not in data and n not in ("metrics", "golden", "untrained_items"))
+    missing = sorted(n for n in names if n not in data and n not in _OPTIONAL)
     if missing:
         raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
     unknown = sorted(set(data) - names)
@@ -68,6 +70,7 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
     file_name = check("file_name", str)
     if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
         raise ManifestError(f"{source}: field 'file_name' = {file_name!r} must be a plain file name")
+    kind, dim, table_sha = _kind(data, source)
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
         raise ManifestError(f"{source}: field 'metrics' = {metrics!r} must map names to numbers")
@@ -87,7 +90,22 @@ def manifest_from_dict(data: dict, source: str = "manifest") -> ModelManifest:
         metrics={str(k): float(v) for k, v in metrics.items()},
         golden=_golden(data.get("golden"), data["history_length"], source),
         untrained_items=_untrained(data.get("untrained_items", []), data["num_items"], source),
+        kind=kind, vector_dim=dim, vector_table_sha256=table_sha,
     )
+
+
+def _kind(data: dict, source: str) -> tuple[str, int, str]:
+    """kind (default "scorer"), vector_dim and vector_table_sha256, which a "user-encoder" must give."""
+    kind = data.get("kind") or "scorer"
+    if kind not in KINDS:
+        raise ManifestError(f"{source}: field 'kind' = {kind!r} is not one of {', '.join(KINDS)}")
+    dim, sha = data.get("vector_dim", 0), data.get("vector_table_sha256", "")
+    if kind == "user-encoder":
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ManifestError(f"{source}: field 'vector_dim' = {dim!r} must be positive for a user-encoder")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ManifestError(f"{source}: field 'vector_table_sha256' = {sha!r} is not a hex sha256")
+    return kind, int(dim), str(sha)
 
 
 def _untrained(raw, num_items: int, source: str) -> tuple[int, ...]:
@@ -104,14 +122,18 @@ def _golden(raw, history_length: int, source: str) -> GoldenExample | None:
     if raw is None:
         return None
     fields = ("history", "candidates", "scores")
-    ok = isinstance(raw, dict) and set(raw) == set(fields) and all(isinstance(raw[f], (list, tuple)) for f in fields)
+    vectors = raw.get("vectors", []) if isinstance(raw, dict) else []
+    ok = isinstance(raw, dict) and set(raw) - {"vectors"} == set(fields)
+    ok = ok and all(isinstance(raw[f], (list, tuple)) for f in fields) and isinstance(vectors, (list, tuple))
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vectors)
     ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for f in fields[:2] for v in raw[f])
     ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in raw["scores"])
     ok = ok and len(raw["history"]) == history_length and 0 < len(raw["candidates"]) == len(raw["scores"])
     if not ok:
         raise ManifestError(f"{source}: field 'golden' must hold history ({history_length} ids), candidates and "
                             "one finite score per candidate")
-    return GoldenExample(tuple(raw["history"]), tuple(raw["candidates"]), tuple(float(v) for v in raw["scores"]))
+    return GoldenExample(tuple(raw["history"]), tuple(raw["candidates"]), tuple(float(v) for v in raw["scores"]),
+                         tuple(float(v) for v in vectors))
 
 
 def _specs(data: dict, name: str, source: str) -> tuple[TensorSpec, ...]:

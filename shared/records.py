@@ -44,6 +44,8 @@ class CandidateRequest:
     exclude: tuple[int, ...] = ()
     request_id: str = ""
     device_model_version: str = ""
+    with_vectors: bool = False  # a catalogue-free device: send item vectors of device_model_version's table
+    missing_vectors: tuple[int, ...] = ()  # history items whose vectors the device lacks
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class CandidateResponse:
     generator_version: str
     generation_ms: float
     request_id: str = ""
+    vectors: object = None  # shared.vector_table.ItemVectors when the request asked for them
 
 
 class ModelFormat(str, Enum):
@@ -79,6 +82,8 @@ class GoldenExample:
     history: tuple[int, ...]  # history_length ids, left-padded with 0
     candidates: tuple[int, ...]
     scores: tuple[float, ...]  # one per candidate
+    # a "user-encoder" artifact's example carries its vectors: history (non-padding) items, then candidates, flat
+    vectors: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,3 +107,8 @@ class ModelManifest:
     # Items (sorted ids) no training sequence of the model held: its scores for them mean nothing, so the device
     # gives them a neutral score (the mean of the list's other candidates) and lets the LLM's score place them.
     untrained_items: tuple[int, ...] = ()
+    # "scorer": ids -> scores, the item table inside the artifact; "user-encoder": catalogue-free, item vectors
+    # (sent by the cloud from the table published with this version, vector_table_sha256) -> the user vector
+    kind: str = "scorer"
+    vector_dim: int = 0
+    vector_table_sha256: str = ""

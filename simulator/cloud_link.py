@@ -23,14 +23,34 @@ def wire_bytes(request: CandidateRequest, response: CandidateResponse | None) ->
     up = request_to_pb(request).ByteSize()
     if response is None:
         return up, 0
-    key = (response.candidates, response.generator_version, response.request_id)
+    vectors = response.vectors
+    key = (response.candidates, response.generator_version, response.request_id,
+           None if vectors is None else tuple(vectors.item_ids.tolist()))
     size = _SIZES.get(key)
     if size is None:
-        fixed = CandidateResponse(response.candidates, response.generator_version, 1.0, response.request_id)
+        fixed = CandidateResponse(response.candidates, response.generator_version, 1.0, response.request_id, vectors)
         size = _SIZES[key] = response_to_pb(fixed).ByteSize()
         if len(_SIZES) > 200_000:
             _SIZES.clear()
     return up, size
+
+
+class VectorSource:
+    """Adds what the cloud sends a catalogue-free device (as the server does, cloud/server.py): the rows of the device
+    model's item vector table for each candidate and each `missing_vectors` id, when a request asks for them."""
+
+    def __init__(self, source: CandidateSource, table):
+        self.source, self.table = source, table
+
+    def fetch(self, requests):
+        out = []
+        for request, response in zip(requests, self.source.fetch(requests)):
+            if request.with_vectors:
+                ids = [c.item for c in response.candidates] + list(request.missing_vectors)
+                response = CandidateResponse(response.candidates, response.generator_version, response.generation_ms,
+                                             response.request_id, self.table.lookup(ids))
+            out.append(response)
+        return out
 
 
 class GeneratorSource:

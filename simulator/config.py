@@ -67,7 +67,9 @@ class SimConfig:
     data: str = "data/ml-100k"
     llm: str = ""  # cloud generator: a spec ("llm:DIR", a registered NAME[:ARG]) or an LLM folder; "" = popularity
     srm: str = ""  # exported SRM folder (manifest.json + model); "" = numpy Markov stand-in
-    srm_format: Literal["onnx", "pte"] = "onnx"
+    # the device model of `srm`: "onnx" / "pte" (the SRM with its item table), or "user-encoder" (the
+    # catalogue-free device: item vectors come from the cloud; needs a measure that reads no catalogue)
+    srm_format: Literal["onnx", "pte", "user-encoder"] = "onnx"
     stream_length: int = 10  # S
     cloud_lag: int = 3
     num_candidates: int = 50  # N
@@ -140,6 +142,14 @@ class SimConfig:
         check(math.isfinite(self.threshold), "threshold", self.threshold, "must be finite")
         check(self.measure in MEASURES, "measure", self.measure,
               f"unknown measure (known: {', '.join(MEASURES.names())})")
+        check(self.srm_format != "user-encoder" or not MEASURES.get(self.measure).needs_catalogue, "measure",
+              self.measure, "needs the whole catalogue, which a catalogue-free device (srm_format = user-encoder) "
+                            "does not hold")
+        check(self.srm_format != "user-encoder" or not self.retrain.every, "retrain.every", self.retrain.every,
+              "re-training swaps a model with its item table; a catalogue-free device (user-encoder) does not "
+              "support it yet")
+        check(not MEASURES.get(self.measure).needs_partition or self.srm_format == "user-encoder", "measure",
+              self.measure, "needs a user encoder with a partition head (srm_format = user-encoder)")
         check(self.budget_mode == "threshold" or all(b < 1 for b in self.budgets), "budgets", self.budgets,
               "an adaptive budget is a rate in (0, 1)")
         check(self.calibration_iters >= 1, "calibration_iters", self.calibration_iters, "must be >= 1")

@@ -67,6 +67,18 @@ class MemoReranker:
         table = self.catalogue_scores(histories)
         return np.take_along_axis(table, candidates, axis=1)
 
+    @property
+    def has_partition(self) -> bool:
+        return bool(getattr(self.inner, "has_partition", False))
+
+    def log_partition(self, history: np.ndarray) -> np.ndarray | None:
+        """The model's partition-head prediction for one left-padded history, memoised (user encoders with a head)."""
+        key = ("partition", self.version, np.asarray(history).tobytes())
+        if key not in self.memo:
+            inner = getattr(self.inner, "log_partition", None)
+            self.memo[key] = None if inner is None else inner(history)
+        return self.memo[key]
+
     def warm(self, histories: list[np.ndarray], batch: int = 64, progress: bool = False) -> None:
         """Fill the memo for many histories with batched calls."""
         padded = pad_left(histories, self.history_length)

@@ -102,11 +102,15 @@ class Replay:
     each answer back before that device's next event (or after it, for answers still in flight).
     """
 
-    def __init__(self, streams: Streams, source: CandidateSource, reranker, *, num_candidates: int,
-                 slate_size: int, alpha: float = 0.5, srm_norm: str = "prob", llm_norm: str = "rank",
+    def __init__(self, streams: Streams, source: CandidateSource, reranker, *, device=None, vectors=None,
+                 num_candidates: int, slate_size: int, alpha: float = 0.5, srm_norm: str = "prob", llm_norm: str = "rank",
                  network: NetworkModel | None = None, deliver: str = "next-step",
                  retrain: tuple[int, Callable] | None = None, progress: bool = True, measure: str = "lsc4rec"):
         self.s, self.source, self.reranker = streams, source, reranker
+        # What the sessions hold: the reranker, or a catalogue-free device's user encoder, which then receives each
+        # consumed item's vector with the item (from `vectors`, the model's table, as an app's item page would bring
+        # it) and the vectors of every list (the source adds them, as the server does).
+        self.device, self.vectors = (reranker if device is None else device), vectors
         self.n, self.k, self.alpha, self.srm_norm, self.llm_norm = num_candidates, slate_size, alpha, srm_norm, llm_norm
         self.network, self.deliver, self.retrain, self.progress = network, deliver, retrain, progress
         self.measure = measure
@@ -116,14 +120,20 @@ class Replay:
 
     def initial_lists(self) -> list:
         """What the cloud generated from the history it last saw (before the sessions start)."""
+        free = {}
+        if self.vectors is not None:  # a device that has been running holds its recent history's vectors
+            length = self.device.history_length
+            free = {"with_vectors": True, "device_model_version": self.device.manifest.version}
         reqs = [CandidateRequest(str(int(u)), tuple(int(i) for i in h[-MAX_REQUEST_HISTORY:]), self.n,
-                                 request_id=f"{int(u)}-init") for u, h in zip(self.s.users, self.s.cloud_seen)]
+                                 request_id=f"{int(u)}-init", **free,
+                                 missing_vectors=tuple(dict.fromkeys(int(i) for i in past[-length:])) if free else ())
+                for u, h, past in zip(self.s.users, self.s.cloud_seen, self.s.past)]
         return self.source.fetch(reqs)
 
     def sessions(self, policy: Policy, fusion: str, initial: list) -> list:
         """One session per user, all holding `policy` (one object: a fleet-wide policy sees every device)."""
         fusion_cfg = fusion_config(fusion, self.alpha, self.srm_norm, self.llm_norm)
-        return [make_session(int(user), past, initial[u], self.reranker, policy, fusion_cfg, self.k, self.n,
+        return [make_session(int(user), past, initial[u], self.device, policy, fusion_cfg, self.k, self.n,
                              lambda: self.clock_ms, self.measure)
                 for u, (user, past) in enumerate(zip(self.s.users, self.s.past))]
 
@@ -179,6 +189,8 @@ class Replay:
         stale = slate.stale or late
         if late:
             self._apply(u, sess, pending.pop(u), answers)
+        if self.vectors is not None:
+            sess.receive_vectors(self.vectors.lookup([target]))
         result = sess.on_event(target)
         want = sess.needs_refresh and sess.ready_to_request()
         reason = result.decision.reason if result.decision.request else ("retry" if want else "")
@@ -206,8 +218,10 @@ class Replay:
         up, _ = wire_bytes(req, None)
         delivery = Delivery(True, 0.0)
         if self.network is not None:
-            # Transfer time is modelled with a full list's size (ids and scores, about 12 bytes each).
-            delivery = self.network.deliver(int(self.s.users[u]), t, ts, up, 12 * self.n + 40)
+            # Transfer time is modelled with a full list's size (ids and scores, about 12 bytes each; with item vectors
+            # for a catalogue-free device, about dim + 8 more).
+            per_item = 12 + (0 if self.vectors is None else self.vectors.dim + 8)
+            delivery = self.network.deliver(int(self.s.users[u]), t, ts, up, per_item * self.n + 40)
         return _Pending(req, t, delivery, ts + delivery.latency_ms / 1e3, row, up)
 
     def _resolve(self, u, ts, sess, pending, answers) -> bool:

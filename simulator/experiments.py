@@ -17,7 +17,7 @@ from shared.data.dataset import load_dataset
 from shared.errors import ConfigError
 from shared.records import CandidateRequest
 from shared.sequences import pad_left
-from simulator.cloud_link import GeneratorSource, MemoSource
+from simulator.cloud_link import GeneratorSource, MemoSource, VectorSource
 from simulator.config import MATCHED_RANDOM, SimConfig, check_against_data
 from simulator.device_adapter import MAX_REQUEST_HISTORY, MemoReranker
 from simulator.engine import Replay, RunResult, Streams, build_streams
@@ -36,7 +36,9 @@ class World:
     generator: object
     reranker: object
     source: object  # CandidateSource used by the replays
-    scorer: MemoReranker  # the reranker every session holds (memoised; re-training swaps its model)
+    scorer: MemoReranker  # the SRM's scores, memoised (calibration, device-only; re-training swaps its model)
+    device: object = None  # what every session holds: `scorer`, or a catalogue-free device's user encoder
+    vectors: object = None  # a catalogue-free device's item vector table (shared.vector_table.VectorTable)
 
 
 def load_world(config: SimConfig, source=None, generator=None, reranker=None, dataset=None) -> World:
@@ -50,8 +52,14 @@ def load_world(config: SimConfig, source=None, generator=None, reranker=None, da
         generator = load_generator(config.llm, dataset, streams.cloud_seen)
     if reranker is None:
         reranker = load_reranker(config.srm, config.srm_format, dataset, streams.past)
-    source = source if source is not None else MemoSource(GeneratorSource(generator))
-    return World(config, dataset, streams, generator, reranker, source, MemoReranker(reranker, dataset.num_items))
+    vectors = getattr(reranker, "table", None)  # a catalogue-free device (simulator.models.EncoderCatalogue)
+    if source is None:
+        source = MemoSource(GeneratorSource(generator))
+        if vectors is not None:  # what the server sends such a device: the item vectors of its model version
+            source = VectorSource(source, vectors)
+    scorer = MemoReranker(reranker, dataset.num_items)
+    device = scorer if vectors is None else reranker.encoder
+    return World(config, dataset, streams, generator, reranker, source, scorer, device, vectors)
 
 
 def make_replay(world: World, streams: Streams | None = None, seed: int = 0, retrain=None,
@@ -60,7 +68,8 @@ def make_replay(world: World, streams: Streams | None = None, seed: int = 0, ret
     streams = streams if streams is not None else world.streams
     # the whole world's span, also for a subset of its streams (a Ray shard): outages fall at the same times
     network = NetworkModel(cfg.network, seed, world.streams.span, world.dataset.num_users, cfg.stream_length)
-    return Replay(streams, world.source, world.scorer, num_candidates=cfg.num_candidates,
+    return Replay(streams, world.source, world.scorer, device=world.device, vectors=world.vectors,
+                  num_candidates=cfg.num_candidates,
                   slate_size=cfg.slate_size, alpha=cfg.alpha, srm_norm=cfg.srm_norm, llm_norm=cfg.llm_norm,
                   network=network,
                   deliver=cfg.network.deliver, retrain=retrain, progress=progress, measure=cfg.measure)
@@ -184,7 +193,9 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
                     since_ranks[k].append(rank)
             consumed[items[t]] = True
             hist = np.concatenate([past, items[:t + 1]])
-            table_row = world.scorer.catalogue_scores(pad_left([hist], world.scorer.history_length))[0]
+            window = pad_left([hist], world.scorer.history_length)
+            table_row = world.scorer.catalogue_scores(window)[0]
+            partition = world.scorer.log_partition(window) if measure.needs_partition else None
             prev_row = table_row
             if measure.needs_catalogue:  # float64 logits by id (id 0: padding); what may still be shown
                 logits = np.where(np.isfinite(table_row), table_row, 0.0).astype(np.float64)
@@ -207,7 +218,7 @@ def _score_table(world: World, pseudo: Streams, source) -> list[tuple[np.ndarray
                     scores[t, k] = measure.of_context(ListContext(
                         table_row[alive].astype(np.float64), since.astype(np.int64),
                         np.asarray(since_slots[k], dtype=np.int64), cands.size,
-                        cfg.slate_size, held, in_list, np.asarray(since_ranks[k], dtype=np.int64)))
+                        cfg.slate_size, held, in_list, np.asarray(since_ranks[k], dtype=np.int64), partition))
                 elif measure.needs_catalogue:
                     scores[t, k] = measure.of_catalogue(logits, alive, showable, cfg.slate_size)
                 else:

@@ -7,6 +7,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from device.runtime.artifact import load_reranker as load_device
+from device.runtime.encoder import UserEncoder
+from shared.vector_table import VECTOR_TABLE_NAME, VectorTable, dequantise
 from shared.generator import GENERATORS, PopularityGenerator, generator_from_spec
 
 
@@ -58,12 +60,52 @@ def load_generator(spec: str, dataset, cloud_seen: Sequence[np.ndarray]):
     return generator_from_spec(spec, dataset, cloud_seen)
 
 
+class EncoderCatalogue:
+    """A catalogue-free device's scores for the simulator's score memo: the user encoder's vector after the
+    history's (dequantised int8) item vectors, dotted with each candidate's vector, exactly what a device computes
+    when every vector has reached it (with the consumed item, or with the lists). It scores the whole table for the
+    memo and the labelled full-catalogue reference only: sessions never read more than the candidates they hold.
+
+    Keyed by the model's window, as the memo is: a GRU's state here is that of its window (a device's recurrent
+    state also remembers items that left it; device.runtime.encoder)."""
+
+    def __init__(self, encoder: UserEncoder, table: VectorTable):
+        self.encoder, self.table, self.manifest, self.version = encoder, table, encoder.manifest, encoder.manifest.version
+        self.history_length = encoder.history_length
+        self.vectors = dequantise(table.values, table.scales)  # (N + 1, d), row 0 (padding) all zero
+
+    def score(self, histories: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        out = np.zeros(candidates.shape, dtype=np.float32)
+        for b, row in enumerate(np.asarray(histories)):
+            real = row[row > 0]
+            if real.size:
+                out[b] = self.vectors[candidates[b]] @ self.encoder.encode(self.vectors[real])[1]
+        return out
+
+    @property
+    def has_partition(self) -> bool:
+        return self.encoder.has_partition
+
+    def log_partition(self, history: np.ndarray) -> np.ndarray | None:
+        """The partition head's [log Z, log T] after one left-padded history (1, T); None without a head."""
+        row = np.asarray(history).reshape(-1)
+        real = row[row > 0]
+        if not self.encoder.has_partition or not real.size:
+            return None
+        return self.encoder.encode(self.vectors[real])[2]
+
+
 def load_reranker(folder: str, fmt: str, dataset, past: Sequence[np.ndarray]):
-    """The exported SRM through the device runtime (manifest verified), or the Markov stand-in."""
+    """The exported SRM through the device runtime (manifest verified), or the Markov stand-in. A user-encoder
+    folder (the catalogue-free device) comes with its vector table, verified against the manifest."""
     if not folder:
         return MarkovReranker(dataset.num_items).fit(past)
     path = Path(folder)
     sub = path / fmt
     if (sub / "manifest.json").is_file():
         path = sub
-    return load_device(path, vocab_hash=dataset.vocab_hash)  # a model for another catalogue is refused
+    model = load_device(path, vocab_hash=dataset.vocab_hash)  # a model for another catalogue is refused
+    if isinstance(model, UserEncoder):
+        table = VectorTable.load(path / VECTOR_TABLE_NAME, model.manifest.version, model.manifest.vector_table_sha256)
+        return EncoderCatalogue(model, table)
+    return model

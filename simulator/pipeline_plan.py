@@ -88,7 +88,9 @@ class Commands:
                            *_sets([s for s in o.srm_overrides if s.startswith("coop.")])]
 
     def export(self, folder: Path) -> list[str]:
-        return ["export", "srm", "--ckpt", str(folder), "--format", "onnx", "--out", str(folder)]
+        """ONNX (the full-catalogue reference) and the catalogue-free device (user encoder + partition head)."""
+        return ["export", "srm", "--ckpt", str(folder), "--format", "onnx,user-encoder", "--data", self.data,
+                "--out", str(folder)]
 
     @property
     def all(self) -> list[list[str]]:

@@ -69,23 +69,26 @@ def build_artifacts(plan: Plan, stages: Stages, cmd: Commands) -> dict:
     for name, folder in (("independent", cmd.indep), ("cooperative", coop)):
         if name == "cooperative" and not o.coop:
             continue
-        stages.run(f"export_{name}", f"export {name} {plan.srm_name} to ONNX", folder / "onnx" / "manifest.json",
+        stages.run(f"export_{name}", f"export {name} {plan.srm_name} (ONNX, catalogue-free user encoder)",
+                   folder / "user-encoder" / "manifest.json",
                    stage_settings(plan, cmd.export(folder)),
                    lambda f=folder: run_cli(*cmd.export(f), log=logs / f"export-{f.name}.log"),
                    after=(made_by[folder],))
     served = "export_cooperative" if o.coop else "export_independent"
+    artifacts = [coop / "onnx", coop / "user-encoder"]
     stages.run("publish", f"publish the {'cooperative' if o.coop else 'independent'} {plan.srm_name}",
-               cmd.models / ".published", {"artifact": stage_settings(plan, [str(coop / "onnx")])["command"][0]},
-               lambda: _publish(coop / "onnx", cmd.models), after=(served,))
+               cmd.models / ".published", {"artifacts": stage_settings(plan, [str(a) for a in artifacts])["command"]},
+               lambda: _publish(artifacts, cmd.models), after=(served,))
     return {"llm": cmd.llm, "indep": cmd.indep, "coop": coop, "models": cmd.models, "vectors": cmd.vectors,
             "timings": stages.timings, "served": served}
 
 
-def _publish(artifact: Path, models: Path) -> None:
+def _publish(artifacts: list[Path], models: Path) -> None:
     from cloud.registry import publish  # a cloud module: imported when the stage runs
 
-    publish(artifact, models)
-    (models / ".published").write_text(str(artifact))
+    for artifact in artifacts:
+        publish(artifact, models)
+    (models / ".published").write_text("\n".join(map(str, artifacts)))
 
 
 def _cached(plan: Plan, stages: Stages, key: str, folder: Path, config, stamp: dict) -> dict | None:

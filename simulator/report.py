@@ -169,14 +169,16 @@ def _headline(metrics: dict) -> list[dict]:
             (HEADLINE_POLICY, "llm", 0.2, "LLM order only + consistency (20%)"),
             ("always", "llm", None, "LLM order only, request every event"),
             ("always", "fusion", None, "fusion, request every event (upper bound)"),
-            ("never", "fusion", None, "fusion, never request (lower bound)")):
+            ("never", "fusion", None, "fusion, never request (lower bound)"),
+            ("never", "srm", None, "device-only, re-ranking its cached list (never requests)")):
         row = _find(agg, policy, fusion, budget)
         if row:
             rows.append({"system": name, "request_rate": row["request_rate"], "ndcg@10": row["ndcg@10"],
                          "hr@10": row["hr@10"], "mrr@10": row["mrr@10"]})
     dev = metrics.get("device_only")
     if dev:
-        rows.append({"system": "device-only SRM, full catalogue (no cloud)", "request_rate": 0.0,
+        rows.append({"system": "device-only SRM, full catalogue (no cloud; reference, small catalogues)",
+                     "request_rate": 0.0,
                      "ndcg@10": dev["ndcg@10"], "hr@10": dev["hr@10"], "mrr@10": dev["mrr@10"]})
     return rows
 

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from device.runtime.backend import OnnxReranker, Reranker, check_manifest_shape
+from device.runtime.encoder import UserEncoder
 from device.runtime.native_backend import NativeReranker
 from device.runtime.native_backend import library_path as native_library_path
 from shared.errors import CatalogMismatchError, ChecksumError, InvalidArgumentError, LSC4RecError, ManifestError
@@ -42,6 +43,13 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
     if wanted != manifest.format:
         raise ManifestError(f"{folder}: backend {backend} needs a {wanted.value} artifact, "
                             f"the manifest is {manifest.format.value}")
+    if manifest.kind == "user-encoder":  # catalogue-free: item vectors in, user vector out (encoder.py)
+        if manifest.format != ModelFormat.ONNX:
+            raise ManifestError(f"{folder}: a user-encoder artifact must be onnx, the manifest is {manifest.format.value}")
+        manifest, path = verify_artifact(folder, manifest)
+        encoder = UserEncoder(path, manifest, threads=threads)
+        check_golden(encoder, path)
+        return encoder
     check_manifest_shape(manifest)
     manifest, path = verify_artifact(folder, manifest)
     if manifest.format == ModelFormat.ONNX:
@@ -67,8 +75,16 @@ def check_golden(reranker: Reranker, path: Path) -> None:
     hist = np.asarray([golden.history], dtype=np.int64)
     cand = np.asarray([golden.candidates], dtype=np.int64)
     try:
-        got = reranker.score(hist, cand)[0]
-    except LSC4RecError as exc:
+        if isinstance(reranker, UserEncoder):  # the example carries its vectors: history items, then candidates
+            real = int((hist > 0).sum())
+            rows = np.asarray(golden.vectors, dtype=np.float32).reshape(-1, reranker.dim)
+            if len(rows) != real + cand.shape[1]:
+                raise ManifestError(f"{path}: the golden example has {len(rows)} vectors for {real} history items "
+                                    f"and {cand.shape[1]} candidates")
+            got = rows[real:] @ reranker.encode(rows[:real])[1]
+        else:
+            got = reranker.score(hist, cand)[0]
+    except (LSC4RecError, ValueError) as exc:
         raise ManifestError(f"{path}: the golden example cannot be scored ({exc})") from None
     gap = float(np.max(np.abs(got - np.asarray(golden.scores, dtype=np.float32))))
     if not gap <= GOLDEN_TOLERANCE:

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from device.runtime.consistency import MEASURES
+from device.runtime.encoder import UserEncoder
 from device.runtime.fusion import LLM_NORMS, RULES, SRM_NORMS, FusionConfig
 from device.runtime.policies import parse_policy, usages
 from shared.cli import add_json_flag, emit, handler
 from shared.errors import DataFormatError, InvalidArgumentError
+from shared.vector_table import ItemVectors
 
 # `device run` defaults to what measured best (docs/results.md) and what `make demo` runs (simulator/presets/demo.toml,
 # where each choice is explained; a test keeps the two equal): the product of experts - alpha x the LLM's sequence
@@ -21,6 +23,7 @@ from shared.errors import DataFormatError, InvalidArgumentError
 # reference rule and the reference's `lsc4rec` score measured worse (the latter worse than random requests).
 BEST_FUSION = FusionConfig(rule="linear", alpha=0.35, llm_norm="logprob", srm_norm="logit")
 BEST_MEASURE = "regret"
+FREE_MEASURE, FREE_MEASURE_NO_HEAD = "est-regret", "miss-belief"  # a catalogue-free device (user encoder)
 BEST_POLICY = "budget:0.2"
 
 
@@ -67,11 +70,13 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                      help="the SRM term of the linear rule: sigmoid(logit) - 0.5, its rank -(r+1)/L, or the logit "
                           "itself; logprob + logit is a product of the two models' probabilities "
                           f"(default {BEST_FUSION.srm_norm})")
-    run.add_argument("--measure", default=BEST_MEASURE, choices=MEASURES.names(),
+    run.add_argument("--measure", default=None, choices=MEASURES.names(),
                      help="score the request policy acts on: an order inconsistency between the SRM and the "
                           "LLM over the cached list (lsc4rec = the reference footrule + consumed-slot penalty), "
-                          "or regret = how much of the SRM's top-K over the whole catalogue the list lacks "
-                          f"(default {BEST_MEASURE})")
+                          "regret = how much of the SRM's top-K over the whole catalogue the list lacks, or "
+                          "est-regret = the same from the cached list and the user encoder's partition head, with no "
+                          f"catalogue (default: {BEST_MEASURE} for a model with its item table, {FREE_MEASURE} for a "
+                          f"catalogue-free user encoder, {FREE_MEASURE_NO_HEAD} for one without a partition head)")
     run.add_argument("--backend", default="auto", choices=("auto", "onnx", "executorch", "native"),
                      help="runtime backend (default: by the artifact's format; a .pte runs on the native library "
                           "when `make native` built it)")
@@ -100,6 +105,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream (default 0)")
     bench.add_argument("--measure", default="lsc4rec", choices=MEASURES.names(),
                        help="consistency measure timed with each event (regret scores the whole catalogue)")
+    bench.add_argument("--catalogue", type=int, default=0, metavar="N",
+                       help="items a catalogue-free (user-encoder) model's stand-in cloud draws from, e.g. 1000000 "
+                            "(0 = the model's num_items); a model with its own table uses its num_items")
     add_json_flag(bench)
     bench.set_defaults(func=handler("device.runtime.cli", "bench_main"))
 
@@ -128,13 +136,21 @@ def run_main(args: argparse.Namespace) -> int:
     from device.runtime.session import DeviceSession, SessionConfig
 
     events = read_events(args.events)
-    holder = ModelHolder(load_reranker(args.model, args.vocab_hash, args.backend),
-                         args.updates_dir or args.model.parent / "updates", backend=args.backend)
+    model = load_reranker(args.model, args.vocab_hash, args.backend)
+    if isinstance(model, UserEncoder):  # catalogue-free: the cloud sends item vectors; no model updates yet
+        if args.check_update:
+            raise InvalidArgumentError("--check-update", True, "a catalogue-free (user-encoder) model is not updated "
+                                                               "from the cloud yet")
+        holder = model
+        measure = args.measure or (FREE_MEASURE if model.has_partition else FREE_MEASURE_NO_HEAD)
+    else:
+        holder = ModelHolder(model, args.updates_dir or args.model.parent / "updates", backend=args.backend)
+        measure = args.measure or BEST_MEASURE
     titles = (read_titles(args.data, holder.manifest.num_items, holder.manifest.vocab_hash)  # may know more items
               if args.data else None)
     config = SessionConfig(user_id=args.user, slate_size=args.slate_size, num_candidates=args.num_candidates,
                            fusion=FusionConfig(rule=args.fusion, alpha=args.alpha, llm_norm=args.llm_norm,
-                                               srm_norm=args.srm_norm), measure=args.measure)
+                                               srm_norm=args.srm_norm), measure=measure)
     # the cloud's catalogue may have grown past the model's: its new items are ranked as untrained, not refused
     with CloudClient(ClientConfig(address=args.server, timeout_s=args.timeout, token=args.token),
                      num_items=None) as client:
@@ -204,29 +220,41 @@ def _show(row: dict, as_json: bool) -> None:
 
 
 def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, history: int = 100,
-                  policy: str = "budget:0.1", seed: int = 0, measure: str = "lsc4rec") -> dict:
+                  policy: str = "budget:0.1", seed: int = 0, measure: str = "lsc4rec", catalogue: int = 0) -> dict:
     """Per-event latency (µs) of on_event with no network, its parts, and this process's memory.
 
     "event": the whole on_event (SRM re-rank of N candidates + fusion + consistency + policy);
-    "overhead": the same with a free stand-in SRM (what the session adds); "srm": the model alone.
-    A new user session starts every 400 events (histories of 100..500 items).
+    "overhead": the same with a free stand-in SRM (what the session adds); "srm": the model alone (for a
+    catalogue-free user encoder: one incremental update). A new user session starts every 400 events (histories of
+    100..500 items). A user encoder is given each consumed item's vector with the item (timed with the event) and
+    each list's vectors, from a stand-in cloud over `catalogue` items (0 = the model's num_items).
     """
     from device.runtime.artifact import load_reranker
 
     reranker = load_reranker(model)
-    if reranker.manifest.num_items < 2 * num_candidates + history + 400:
-        raise DataFormatError(model, 0, "num_items", f"catalogue of {reranker.manifest.num_items} is too small")
+    free = isinstance(reranker, UserEncoder)  # catalogue-free: any catalogue size, vectors from a stand-in cloud
+    items = catalogue or reranker.manifest.num_items
+    if items < 2 * num_candidates + history + 400:
+        raise DataFormatError(model, 0, "num_items", f"catalogue of {items} is too small")
     event_us, event_cpu_us, wanted = _time_events(reranker, parse_policy(policy, seed), events, num_candidates,
-                                                  history, seed, measure)
-    overhead_us, overhead_cpu_us, _ = _time_events(_FreeReranker(reranker), parse_policy(policy, seed), events,
-                                                   num_candidates, history, seed, measure)
-    hist = np.arange(1, reranker.history_length + 1, dtype=np.int64)[None]
-    cands = np.arange(1, num_candidates + 1, dtype=np.int64)[None]
+                                                  history, seed, measure, items)
     srm_us = []
-    for _ in range(events):
-        start = time.perf_counter()
-        reranker.score(hist, cands)
-        srm_us.append((time.perf_counter() - start) * 1e6)
+    if free:  # the incremental update alone: one encoder step
+        state, vector = reranker.new_state(), np.ones(reranker.dim, dtype=np.float32) * 0.01
+        for _ in range(events):
+            start = time.perf_counter()
+            state.append(vector)
+            srm_us.append((time.perf_counter() - start) * 1e6)
+        overhead_us = overhead_cpu_us = [float("nan")]
+    else:
+        overhead_us, overhead_cpu_us, _ = _time_events(_FreeReranker(reranker), parse_policy(policy, seed), events,
+                                                       num_candidates, history, seed, measure, items)
+        hist = np.arange(1, reranker.history_length + 1, dtype=np.int64)[None]
+        cands = np.arange(1, num_candidates + 1, dtype=np.int64)[None]
+        for _ in range(events):
+            start = time.perf_counter()
+            reranker.score(hist, cands)
+            srm_us.append((time.perf_counter() - start) * 1e6)
     figures = {"events": events, "num_candidates": num_candidates, "request_rate": wanted / events, "policy": policy,
                "measure": measure,
                "model": reranker.manifest.model_name, "model_version": reranker.manifest.version,
@@ -252,7 +280,7 @@ class _FreeReranker:
 
 
 def _time_events(reranker, policy, events: int, num_candidates: int, history: int,
-                 seed: int, measure: str = "lsc4rec") -> tuple[list, list, int]:
+                 seed: int, measure: str = "lsc4rec", num_items: int = 0) -> tuple[list, list, int]:
     """on_event wall and thread-CPU times (µs, after 200 warm-up events); how many decisions asked for a list.
 
     onnxruntime with one intra-op thread runs in the calling thread, so the CPU time is the work itself,
@@ -262,25 +290,36 @@ def _time_events(reranker, policy, events: int, num_candidates: int, history: in
     from shared.records import Candidate, CandidateResponse
 
     rng = np.random.default_rng(seed)
-    catalogue = np.arange(1, reranker.manifest.num_items + 1)
+    size = num_items or reranker.manifest.num_items
+    cloud = _StandInVectors(reranker) if isinstance(reranker, UserEncoder) else None
 
-    def fresh(exclude: list[int]) -> CandidateResponse:
-        picks = rng.choice(np.setdiff1d(catalogue, exclude), num_candidates, replace=False)
-        return CandidateResponse(tuple(Candidate(int(i), -float(n)) for n, i in enumerate(picks)), "bench", 0.0)
+    def fresh(exclude: list[int], missing=()) -> CandidateResponse:
+        blocked, picks = set(exclude), []
+        while len(picks) < num_candidates:
+            item = int(rng.integers(1, size + 1))
+            if item not in blocked:
+                blocked.add(item)
+                picks.append(item)
+        vectors = None if cloud is None else cloud.rows(picks + list(missing))
+        return CandidateResponse(tuple(Candidate(i, -float(n)) for n, i in enumerate(picks)), "bench", 0.0, "",
+                                 vectors)
 
     samples, cpu, wanted, session = [], [], 0, None
     for n in range(events + 200):
         if n % 400 == 0:
-            past = [int(i) for i in rng.choice(catalogue, history, replace=False)]
+            past = list(dict.fromkeys(int(i) for i in rng.integers(1, size + 1, history)))
             session = DeviceSession(SessionConfig(user_id=f"bench-{n}", num_candidates=num_candidates,
                                                   measure=measure), reranker,
-                                    policy, lambda: 0.0, history=tuple(past), candidates=fresh(past))
+                                    policy, lambda: 0.0, history=tuple(past), candidates=fresh(past, past[-64:]))
         shown = set(session.slate().items)
-        item = int(rng.integers(1, catalogue.size + 1))
+        item = int(rng.integers(1, size + 1))
         while item in shown:
-            item = int(rng.integers(1, catalogue.size + 1))
+            item = int(rng.integers(1, size + 1))
+        arriving = None if cloud is None else cloud.rows([item])  # made by the stand-in cloud: not timed
         start_cpu = time.thread_time()  # a syscall of a few µs: kept outside the wall-clock window
         start = time.perf_counter()
+        if arriving is not None:  # the item's vector comes with it (catalogue-free device)
+            session.receive_vectors(arriving)
         result = session.on_event(item)
         elapsed = time.perf_counter() - start
         elapsed_cpu = time.thread_time() - start_cpu
@@ -291,6 +330,19 @@ def _time_events(reranker, policy, events: int, num_candidates: int, history: in
         if session.needs_refresh:
             session.apply_candidates(fresh(session.history))  # the network is not timed
     return samples, cpu, wanted
+
+
+class _StandInVectors:
+    """The cloud's side for a benchmark of a catalogue-free device: int8 rows drawn per id, never stored (so a
+    1,000,000-item catalogue costs nothing here), tagged with the device model's version."""
+
+    def __init__(self, encoder):
+        self.version, self.dim = encoder.manifest.version, encoder.dim
+
+    def rows(self, ids) -> ItemVectors:
+        ids = np.asarray(list(dict.fromkeys(ids)), dtype=np.int64)
+        values = np.stack([np.random.default_rng(int(i)).integers(-127, 128, self.dim, dtype=np.int8) for i in ids])
+        return ItemVectors(self.version, self.dim, ids, values, np.full(len(ids), 0.01, dtype=np.float32))
 
 
 def _rss_mb() -> float:
@@ -311,7 +363,7 @@ def _peak_rss_mb() -> float:
 
 def bench_main(args: argparse.Namespace) -> int:
     figures = bench_figures(args.model, args.events, args.num_candidates, args.history, args.policy, args.seed,
-                            args.measure)
+                            args.measure, args.catalogue)
     figures["seed"] = args.seed
     emit(figures, args.json, title="device bench (per event, no network)")
     return 0

@@ -3,6 +3,7 @@ policy, verified downloads."""
 from __future__ import annotations
 
 import ipaddress
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -129,8 +130,7 @@ class CloudClient:
     def get_candidates(self, request: CandidateRequest, timeout_s: float | None = None) -> CandidateResponse:
         """Ask for a fresh candidate list; the answer is validated against the catalogue."""
         if not request.request_id:
-            request = CandidateRequest(request.user_id, request.history, request.num_candidates,
-                                       request.exclude, uuid.uuid4().hex, request.device_model_version)
+            request = dataclasses.replace(request, request_id=uuid.uuid4().hex)
         msg = wire.request_to_pb(request)
         reply = self._call(self._candidates.GetCandidates, msg, request.request_id, timeout_s)
         response = wire.response_from_pb(reply, self.num_items)
@@ -141,10 +141,11 @@ class CloudClient:
                                            "the cloud returned an item of the request's history or exclude list")
         return response
 
-    def latest_manifest(self, fmt: ModelFormat = ModelFormat.ONNX,
-                        current_version: str = "") -> tuple[ModelManifest, bool]:
-        """The newest published artifact's manifest and whether it differs from `current_version`."""
-        msg = pb.GetLatestManifestRequest(format=wire.format_to_pb(fmt), current_version=current_version)
+    def latest_manifest(self, fmt: ModelFormat = ModelFormat.ONNX, current_version: str = "",
+                        kind: str = "scorer") -> tuple[ModelManifest, bool]:
+        """The newest published artifact's manifest of a format and kind, and whether it differs from
+        `current_version`."""
+        msg = pb.GetLatestManifestRequest(format=wire.format_to_pb(fmt), current_version=current_version, kind=kind)
         reply = self._call(self._models.GetLatestManifest, msg, uuid.uuid4().hex, None)
         return wire.manifest_from_pb(reply.manifest), bool(reply.update_available)
 

@@ -205,6 +205,9 @@ class ListContext:
     held_logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
     held_in_list: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     since_srm_ranks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # [log Z, log T] from the user encoder's partition head (log-sum-exp of the SRM logits over the showable catalogue,
+    # and over its top K), for `Measure.needs_partition`; None when the model has no head
+    log_partition: np.ndarray | None = None
 
 
 #: Decay per event of the miss signals: a miss j events ago weighs MISS_DECAY ** j.
@@ -266,6 +269,21 @@ def held_mass_gap(held_logits: np.ndarray, held_in_list: np.ndarray) -> float:
     return float(1.0 - p[np.asarray(held_in_list, dtype=bool)].sum() / p.sum())
 
 
+def estimated_regret(list_logits: np.ndarray, log_partition: np.ndarray | None, k: int) -> float:
+    """`catalogue_regret` with the catalogue's softmax normaliser log Z and its top-K log-mass log T predicted from
+    the user vector (device.training.partition_head): exp(log T - log Z) - the top-K mass of the list's unconsumed
+    items, clipped to [0, 1]. NaN without a prediction (policies then do not request on it)."""
+    if log_partition is None:
+        return math.nan
+    x = np.asarray(list_logits, dtype=np.float64)
+    log_z, log_top = float(log_partition[0]), float(log_partition[1])
+    inside = 0.0
+    if x.size:
+        top = np.partition(x, x.size - k)[x.size - k:] if k < x.size else x
+        inside = float(np.exp(top - log_z).sum())
+    return float(min(max(math.exp(min(log_top - log_z, 0.0)) - inside, 0.0), 1.0))
+
+
 def list_belief(list_logits: np.ndarray) -> float:
     """-logsumexp of the SRM logits of the cached list's unconsumed items: high when the SRM believes in none of
     them (an absolute level, unlike the order measures; no catalogue needed)."""
@@ -295,6 +313,7 @@ class Measure:
     # (ListContext) -> score: a measure on what the device holds, no catalogue scan (see ListContext)
     on_context: Callable[[ListContext], float] | None = None
     needs_held: bool = False  # on_context reads held_logits / held_in_list (the SRM scores the held pool)
+    needs_partition: bool = False  # on_context reads log_partition (a user encoder with a partition head)
 
     @property
     def needs_catalogue(self) -> bool:
@@ -379,6 +398,9 @@ for _measure in (
                                "and the cached list) instead of the catalogue",
                 on_context=lambda c: held_regret(c.held_logits, c.held_in_list, c.k), needs_held=True),
         Measure("held-mass", "1 - the SRM's softmax mass of the held pool on the cached list's unconsumed items",
-                on_context=lambda c: held_mass_gap(c.held_logits, c.held_in_list), needs_held=True)):
+                on_context=lambda c: held_mass_gap(c.held_logits, c.held_in_list), needs_held=True),
+        Measure("est-regret", "the catalogue regret with the catalogue's softmax normaliser and top-K mass predicted "
+                              "from the user vector (the user encoder's partition head): no catalogue scan",
+                on_context=lambda c: estimated_regret(c.list_logits, c.log_partition, c.k), needs_partition=True)):
     MEASURES.register(_measure.name, _measure)
 del _measure

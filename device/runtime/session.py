@@ -42,10 +42,11 @@ from device.runtime.backend import Reranker
 from device.runtime.consistency import MEASURES, ListContext
 from device.runtime.fusion import FusionConfig, ListFusion, neutral_untrained, untrained_mask
 from device.runtime.policies import Decision, Policy, PolicyState
+from device.runtime.scorers import session_scorer
 from shared.config import check
 from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
 from shared.records import CandidateRequest, CandidateResponse
-from shared.sequences import pad_left
+from shared.vector_table import VectorError
 from shared.wire import check_items
 
 
@@ -63,6 +64,7 @@ class SessionConfig:
     measure: str = "lsc4rec"  # consistency measure: a name of device.runtime.consistency.MEASURES
     overlap_k: int = 10  # k of the "overlap" measure
     max_request_history: int = 200  # most recent items sent with a request
+    vector_cache: int = 4096  # a catalogue-free device: item vectors it keeps (about 256 KB at 64 dimensions)
     backoff_initial_ms: float = 1000.0
     backoff_max_ms: float = 60000.0
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -74,6 +76,8 @@ class SessionConfig:
         check(self.measure in MEASURES, "measure", self.measure,
               f"unknown measure (known: {', '.join(MEASURES.names())})")
         check(self.max_request_history >= 1, "max_request_history", self.max_request_history, "must be >= 1")
+        check(self.vector_cache >= 2 * self.num_candidates, "vector_cache", self.vector_cache,
+              f"must hold at least two lists' vectors (2 x num_candidates = {2 * self.num_candidates})")
         check(0 < self.backoff_initial_ms <= self.backoff_max_ms, "backoff_initial_ms", self.backoff_initial_ms,
               "must be > 0 and <= backoff_max_ms")
 
@@ -109,27 +113,30 @@ class DeviceSession:
                  candidates: CandidateResponse | None = None):
         self.config, self.reranker, self.policy, self.now_ms, self.source = config, reranker, policy, now_ms, source
         self.num_items = reranker.manifest.num_items  # the SRM's catalogue; the cloud's may be larger
-        # the inputs below are built and validated here, so the model's own input checks may be skipped
-        self._score = getattr(reranker, "score_trusted", reranker.score)
         self._mask_for, self._mask = None, None  # the model whose untrained items _mask marks
         self._measure = MEASURES.get(config.measure, field="measure")
+        self.history: list[int] = list(check_items("history", history, None))  # extended by on_event only
+        self._srm = session_scorer(reranker, self.history, config.vector_cache)
+        if self._srm.catalogue_free and self._measure.needs_catalogue:
+            raise InvalidArgumentError("measure", config.measure, "needs the whole catalogue, which a catalogue-free "
+                                       "device (user-encoder model) does not hold")
+        if self._measure.needs_partition and not self._srm.has_partition:
+            raise InvalidArgumentError("measure", config.measure, "needs a user encoder with a partition head "
+                                       "(`lsc4rec export srm --format user-encoder --data ...`)")
         # A catalogue measure scores every item on each event (one model call; the list's scores are a part of it).
         self._catalogue = (np.arange(1, self.num_items + 1, dtype=np.int64)
                            if self._measure.needs_catalogue else None)
-        self.history: list[int] = list(check_items("history", history, None))  # extended by on_event only
         self._consumed = set(self.history)
-        # the model's input, rolled per event: the history without the items beyond the SRM's catalogue
-        self._window = pad_left([self._srm_view()], reranker.history_length)
         if self._catalogue is not None:  # showable[i]: item i may be shown (not consumed; 0 is padding)
             self._showable = np.ones(self.num_items + 1, dtype=bool)
             self._showable[0] = False
-            self._showable[self._srm_view()] = False
+            self._showable[[i for i in self.history if i <= self.num_items]] = False
         self.event_index = 0
         self.events_since_list = 0  # events since the last list arrived (sent with the next request)
         self.requests_sent = self.failures = 0
         self.last_error = ""
         self._items = np.zeros(0, dtype=np.int64)  # cached list in the LLM's order
-        self._known = np.zeros(0, dtype=bool)  # per unconsumed slot: the id is in the SRM's catalogue
+        self._known = np.zeros(0, dtype=bool)  # per unconsumed slot: the SRM can score the id
         self._llm_scores = np.zeros(0, dtype=np.float64)
         self._alive = np.zeros(0, dtype=bool)
         self._slot_of: dict[int, int] = {}  # item id -> its slot in the cached list
@@ -158,12 +165,9 @@ class DeviceSession:
             raise UnknownItemError("item", item, "not an item id (ids start at 1)")
         self.history.append(item)
         self._consumed.add(item)
-        if item <= self.num_items:  # an item beyond the SRM's catalogue stays out of its view
-            if self._catalogue is not None:
-                self._showable[item] = False
-            window = self._window
-            window[0, :-1] = window[0, 1:]
-            window[0, -1] = item
+        if self._catalogue is not None and item <= self.num_items:
+            self._showable[item] = False
+        self._srm.on_item(item)
         slot = self._slot_of.get(item)
         if self._measure.needs_context:  # only a context measure reads them (they grow until the next list)
             self._since.append(item)
@@ -191,6 +195,12 @@ class DeviceSession:
     def slate(self) -> Slate:
         return self._slate
 
+    def receive_vectors(self, vectors) -> None:
+        """A catalogue-free device: item vectors that reached it outside a list (e.g. with the item the user opens,
+        as its title and picture do); checked like a list's (VectorError), kept in the cache, and a history item
+        that lacked one is taken into the user state. A device whose model holds the catalogue ignores them."""
+        self._srm.receive(vectors)
+
     def policy_state(self) -> PolicyState:
         return PolicyState(self.config.user_id, self.event_index, self.events_since_list, self.last_score,
                            self._slots.size, self.config.slate_size)
@@ -215,7 +225,7 @@ class DeviceSession:
         return CandidateRequest(
             user_id=self.config.user_id, history=tuple(self.history[-self.config.max_request_history:]),
             num_candidates=self.config.num_candidates, request_id=f"{self.config.user_id}-{self.requests_sent}",
-            device_model_version=self.reranker.manifest.version)
+            device_model_version=self.reranker.manifest.version, **self._srm.request_fields())
 
     def refresh(self) -> tuple[bool, str]:
         """Synchronous request through `source`; a typed failure keeps the cached list and backs off."""
@@ -246,6 +256,9 @@ class DeviceSession:
         """Validate and cache a fresh list; a bad list is recorded as a failure, then raised as a typed error."""
         try:
             items, scores = self._validate(response)
+            if self._srm.catalogue_free and response.vectors is None:
+                raise VectorError("vectors", None, "a catalogue-free device asked for item vectors; the answer has none")
+            self._srm.receive(response.vectors)  # checked first: vectors of another model version are refused
         except LSC4RecError as exc:
             self.report_failure(exc)
             raise
@@ -280,7 +293,8 @@ class DeviceSession:
         """Recompute what depends only on the unconsumed part of the cached list (not on the history)."""
         self._slots = np.flatnonzero(self._alive)  # positions j in the list the cloud sent
         self._pool = self._items[self._slots]  # their ids, in the LLM's order
-        self._known = self._pool <= self.num_items  # the others are new to the SRM: not scored by it
+        self._known = self._srm.known(self._pool)  # the others are new to the SRM: not scored by it
+        self._scored = self._pool if self._known.all() else self._pool[self._known]
         self._fusion = (ListFusion(self.config.fusion, self._llm_scores[self._slots], positions=self._slots,
                                    length=self._items.size) if self._slots.size else None)
 
@@ -291,12 +305,11 @@ class DeviceSession:
             self.last_score = math.nan
             self._slate = Slate((), (), self._stale, "empty", self._generator_version, self.reranker.manifest.version)
             return
-        known = self._known
-        scored = items if known.all() else items[known]  # what the SRM can score
+        known, scored = self._known, self._scored  # what the SRM can score
         if self._catalogue is None:
-            everything, logits = None, self._srm_logits(scored) if scored.size else np.zeros(0)
+            everything, logits = None, self._srm.logits(scored) if scored.size else np.zeros(0)
         else:  # one call over the catalogue; the list's logits are a part of it
-            everything = self._srm_logits(self._catalogue)  # (N,): item i at i - 1
+            everything = self._srm.logits(self._catalogue)  # (N,): item i at i - 1
             logits = None if everything is None else everything[scored - 1]
         k = self.config.slate_size
         if logits is None:  # the model could not score: fall back to the LLM's order
@@ -330,8 +343,8 @@ class DeviceSession:
             first = self._first_items if self._first_items is not None else np.zeros(0, dtype=np.int64)
             extra = np.array(sorted({int(i) for i in first.tolist()} - self._consumed - set(scored.tolist())),
                              dtype=np.int64)
-            extra = extra[extra <= self.num_items]
-            extra_logits = self._srm_logits(extra) if extra.size else np.zeros(0)
+            extra = extra[self._srm.known(extra)]
+            extra_logits = self._srm.logits(extra) if extra.size else np.zeros(0)
             if extra_logits is None:
                 return math.nan
             known_logits = logits if scored.size == logits.size else logits[self._known]
@@ -340,7 +353,8 @@ class DeviceSession:
         return self._measure.of_context(ListContext(
             logits, np.asarray(self._since, dtype=np.int64), np.asarray(self._since_slots, dtype=np.int64),
             int(self._items.size), self.config.slate_size, held, in_list,
-            np.asarray(self._since_srm_ranks, dtype=np.int64)))
+            np.asarray(self._since_srm_ranks, dtype=np.int64),
+            self._srm.log_partition() if self._measure.needs_partition else None))
 
     def _untrained_mask(self) -> np.ndarray | None:
         """The current model's untrained items as a lookup table, rebuilt only when the model is swapped."""
@@ -348,20 +362,6 @@ class DeviceSession:
         if self._mask_for is not manifest:
             self._mask_for, self._mask = manifest, untrained_mask(manifest.untrained_items, manifest.num_items)
         return self._mask
-
-    def _srm_view(self) -> list[int]:
-        """The history as the SRM sees it: without the items beyond its catalogue."""
-        return [i for i in self.history if i <= self.num_items]
-
-    def _srm_logits(self, items: np.ndarray) -> np.ndarray | None:
-        length = self.reranker.history_length
-        if self._window.shape[1] != length:  # a swapped-in model with another history length
-            self._window = pad_left([self._srm_view()], length)
-        try:
-            logits = self._score(self._window, items[None, :])[0].astype(np.float64)
-        except LSC4RecError:
-            return None
-        return logits if np.isfinite(logits).all() else None
 
 
 def _with_placeholders(logits: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 are device.training.commands, imported when a command runs)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from device.training.models import MODELS
@@ -85,13 +86,35 @@ def _register_eval(sub) -> None:
     p.set_defaults(func=handler(COMMANDS, "eval_main"))
 
 
+EXPORT_FORMATS = ("onnx", "pte", "user-encoder")
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    """`--format`: "all" or a comma-separated list of EXPORT_FORMATS."""
+    if text == "all":
+        return ("all",)
+    parts = tuple(dict.fromkeys(p.strip() for p in text.split(",")))
+    bad = [p for p in parts if p not in EXPORT_FORMATS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: give all or some of {', '.join(EXPORT_FORMATS)}, comma-separated")
+    return parts
+
+
 def _register_export(sub) -> None:
     p = sub.add_parser("srm", help="export an SRM checkpoint to ONNX and/or ExecuTorch (.pte)",
-                       description="Writes OUT/onnx/, OUT/onnx-int8/ (with --int8) and OUT/pte/, each holding the "
-                                   "model file and manifest.json; parity with eager PyTorch is checked (1e-4).")
+                       description="Writes OUT/onnx/, OUT/onnx-int8/ (with --int8), OUT/pte/ and OUT/user-encoder/, "
+                                   "each holding the model file and manifest.json; parity with eager PyTorch is "
+                                   "checked (1e-4). user-encoder is the catalogue-free device model (SASRec, "
+                                   "GRU4Rec): encoder.onnx for the device, item_vectors.npz for the cloud.")
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file or folder holding srm.pt")
-    p.add_argument("--format", choices=("onnx", "pte", "all"), default="all", help="which format(s)")
+    p.add_argument("--format", type=_formats, default="all", metavar="FMT[,FMT]",
+                   help="comma-separated formats among onnx, pte, user-encoder, or all (default): onnx, pte and, for "
+                        "a model with a user vector, user-encoder")
     p.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX model")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the dataset the SRM was trained on: the user encoder then also gets a partition head (fitted "
+                        "on its training histories, the last 20 interactions of each user left out), which the "
+                        "est-regret request measure needs")
     add_json_flag(p)
     p.set_defaults(func=handler(COMMANDS, "export_main"))

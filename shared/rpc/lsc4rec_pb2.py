@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lsc4rec/v1/lsc4rec.proto\x12\nlsc4rec.v1\"\x93\x01\n\x14GetCandidatesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x05\x12\x0f\n\x07\x65xclude\x18\x04 \x03(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1c\n\x14\x64\x65vice_model_version\x18\x06 \x01(\t\"+\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\"\x88\x01\n\x15GetCandidatesResponse\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.lsc4rec.v1.Candidate\x12\x19\n\x11generator_version\x18\x02 \x01(\t\x12\x15\n\rgeneration_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tdim_names\x18\x04 \x03(\t\"\xe5\x03\n\rModelManifest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x17.lsc4rec.v1.ModelFormat\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12&\n\x06inputs\x18\x07 \x03(\x0b\x32\x16.lsc4rec.v1.TensorSpec\x12\'\n\x07outputs\x18\x08 \x03(\x0b\x32\x16.lsc4rec.v1.TensorSpec\x12\x16\n\x0ehistory_length\x18\t \x01(\x05\x12\x11\n\tnum_items\x18\n \x01(\x05\x12\x12\n\nvocab_hash\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\x37\n\x07metrics\x18\r \x03(\x0b\x32&.lsc4rec.v1.ModelManifest.MetricsEntry\x12)\n\x06golden\x18\x0e \x01(\x0b\x32\x19.lsc4rec.v1.GoldenExample\x12\x17\n\x0funtrained_items\x18\x0f \x03(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\rGoldenExample\x12\x0f\n\x07history\x18\x01 \x03(\x03\x12\x12\n\ncandidates\x18\x02 \x03(\x03\x12\x0e\n\x06scores\x18\x03 \x03(\x02\"\\\n\x18GetLatestManifestRequest\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x17.lsc4rec.v1.ModelFormat\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\t\"b\n\x19GetLatestManifestResponse\x12+\n\x08manifest\x18\x01 \x01(\x0b\x32\x19.lsc4rec.v1.ModelManifest\x12\x18\n\x10update_available\x18\x02 \x01(\x08\"P\n\x14\x44ownloadModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.lsc4rec.v1.ModelFormat\"N\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\ntotal_size\x18\x04 \x01(\x03*X\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_FORMAT_ONNX\x10\x01\x12\x14\n\x10MODEL_FORMAT_PTE\x10\x02\x32h\n\x10\x43\x61ndidateService\x12T\n\rGetCandidates\x12 .lsc4rec.v1.GetCandidatesRequest\x1a!.lsc4rec.v1.GetCandidatesResponse2\xbd\x01\n\x0cModelService\x12`\n\x11GetLatestManifest\x12$.lsc4rec.v1.GetLatestManifestRequest\x1a%.lsc4rec.v1.GetLatestManifestResponse\x12K\n\rDownloadModel\x12 .lsc4rec.v1.DownloadModelRequest\x1a\x16.lsc4rec.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lsc4rec/v1/lsc4rec.proto\x12\nlsc4rec.v1\"\xc2\x01\n\x14GetCandidatesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x05\x12\x0f\n\x07\x65xclude\x18\x04 \x03(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1c\n\x14\x64\x65vice_model_version\x18\x06 \x01(\t\x12\x14\n\x0cwith_vectors\x18\x07 \x01(\x08\x12\x17\n\x0fmissing_vectors\x18\x08 \x03(\x03\"+\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\"\xb2\x01\n\x15GetCandidatesResponse\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.lsc4rec.v1.Candidate\x12\x19\n\x11generator_version\x18\x02 \x01(\t\x12\x15\n\rgeneration_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12(\n\x07vectors\x18\x05 \x01(\x0b\x32\x17.lsc4rec.v1.ItemVectors\"c\n\x0bItemVectors\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x10\n\x08item_ids\x18\x03 \x03(\x03\x12\x0e\n\x06values\x18\x04 \x01(\x0c\x12\x0e\n\x06scales\x18\x05 \x03(\x02\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\tdim_names\x18\x04 \x03(\t\"\xa4\x04\n\rModelManifest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x17.lsc4rec.v1.ModelFormat\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12&\n\x06inputs\x18\x07 \x03(\x0b\x32\x16.lsc4rec.v1.TensorSpec\x12\'\n\x07outputs\x18\x08 \x03(\x0b\x32\x16.lsc4rec.v1.TensorSpec\x12\x16\n\x0ehistory_length\x18\t \x01(\x05\x12\x11\n\tnum_items\x18\n \x01(\x05\x12\x12\n\nvocab_hash\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\x37\n\x07metrics\x18\r \x03(\x0b\x32&.lsc4rec.v1.ModelManifest.MetricsEntry\x12)\n\x06golden\x18\x0e \x01(\x0b\x32\x19.lsc4rec.v1.GoldenExample\x12\x17\n\x0funtrained_items\x18\x0f \x03(\x03\x12\x0c\n\x04kind\x18\x10 \x01(\t\x12\x12\n\nvector_dim\x18\x11 \x01(\x05\x12\x1b\n\x13vector_table_sha256\x18\x12 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"U\n\rGoldenExample\x12\x0f\n\x07history\x18\x01 \x03(\x03\x12\x12\n\ncandidates\x18\x02 \x03(\x03\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x0f\n\x07vectors\x18\x04 \x03(\x02\"j\n\x18GetLatestManifestRequest\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x17.lsc4rec.v1.ModelFormat\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"b\n\x19GetLatestManifestResponse\x12+\n\x08manifest\x18\x01 \x01(\x0b\x32\x19.lsc4rec.v1.ModelManifest\x12\x18\n\x10update_available\x18\x02 \x01(\x08\"P\n\x14\x44ownloadModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.lsc4rec.v1.ModelFormat\"N\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\ntotal_size\x18\x04 \x01(\x03*X\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_FORMAT_ONNX\x10\x01\x12\x14\n\x10MODEL_FORMAT_PTE\x10\x02\x32h\n\x10\x43\x61ndidateService\x12T\n\rGetCandidates\x12 .lsc4rec.v1.GetCandidatesRequest\x1a!.lsc4rec.v1.GetCandidatesResponse2\xbd\x01\n\x0cModelService\x12`\n\x11GetLatestManifest\x12$.lsc4rec.v1.GetLatestManifestRequest\x1a%.lsc4rec.v1.GetLatestManifestResponse\x12K\n\rDownloadModel\x12 .lsc4rec.v1.DownloadModelRequest\x1a\x16.lsc4rec.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,32 +34,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELMANIFEST_METRICSENTRY']._loaded_options = None
   _globals['_MODELMANIFEST_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELFORMAT']._serialized_start=1365
-  _globals['_MODELFORMAT']._serialized_end=1453
+  _globals['_MODELFORMAT']._serialized_start=1649
+  _globals['_MODELFORMAT']._serialized_end=1737
   _globals['_GETCANDIDATESREQUEST']._serialized_start=41
-  _globals['_GETCANDIDATESREQUEST']._serialized_end=188
-  _globals['_CANDIDATE']._serialized_start=190
-  _globals['_CANDIDATE']._serialized_end=233
-  _globals['_GETCANDIDATESRESPONSE']._serialized_start=236
-  _globals['_GETCANDIDATESRESPONSE']._serialized_end=372
-  _globals['_TENSORSPEC']._serialized_start=374
-  _globals['_TENSORSPEC']._serialized_end=449
-  _globals['_MODELMANIFEST']._serialized_start=452
-  _globals['_MODELMANIFEST']._serialized_end=937
-  _globals['_MODELMANIFEST_METRICSENTRY']._serialized_start=891
-  _globals['_MODELMANIFEST_METRICSENTRY']._serialized_end=937
-  _globals['_GOLDENEXAMPLE']._serialized_start=939
-  _globals['_GOLDENEXAMPLE']._serialized_end=1007
-  _globals['_GETLATESTMANIFESTREQUEST']._serialized_start=1009
-  _globals['_GETLATESTMANIFESTREQUEST']._serialized_end=1101
-  _globals['_GETLATESTMANIFESTRESPONSE']._serialized_start=1103
-  _globals['_GETLATESTMANIFESTRESPONSE']._serialized_end=1201
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1203
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1283
-  _globals['_MODELCHUNK']._serialized_start=1285
-  _globals['_MODELCHUNK']._serialized_end=1363
-  _globals['_CANDIDATESERVICE']._serialized_start=1455
-  _globals['_CANDIDATESERVICE']._serialized_end=1559
-  _globals['_MODELSERVICE']._serialized_start=1562
-  _globals['_MODELSERVICE']._serialized_end=1751
+  _globals['_GETCANDIDATESREQUEST']._serialized_end=235
+  _globals['_CANDIDATE']._serialized_start=237
+  _globals['_CANDIDATE']._serialized_end=280
+  _globals['_GETCANDIDATESRESPONSE']._serialized_start=283
+  _globals['_GETCANDIDATESRESPONSE']._serialized_end=461
+  _globals['_ITEMVECTORS']._serialized_start=463
+  _globals['_ITEMVECTORS']._serialized_end=562
+  _globals['_TENSORSPEC']._serialized_start=564
+  _globals['_TENSORSPEC']._serialized_end=639
+  _globals['_MODELMANIFEST']._serialized_start=642
+  _globals['_MODELMANIFEST']._serialized_end=1190
+  _globals['_MODELMANIFEST_METRICSENTRY']._serialized_start=1144
+  _globals['_MODELMANIFEST_METRICSENTRY']._serialized_end=1190
+  _globals['_GOLDENEXAMPLE']._serialized_start=1192
+  _globals['_GOLDENEXAMPLE']._serialized_end=1277
+  _globals['_GETLATESTMANIFESTREQUEST']._serialized_start=1279
+  _globals['_GETLATESTMANIFESTREQUEST']._serialized_end=1385
+  _globals['_GETLATESTMANIFESTRESPONSE']._serialized_start=1387
+  _globals['_GETLATESTMANIFESTRESPONSE']._serialized_end=1485
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1487
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1567
+  _globals['_MODELCHUNK']._serialized_start=1569
+  _globals['_MODELCHUNK']._serialized_end=1647
+  _globals['_CANDIDATESERVICE']._serialized_start=1739
+  _globals['_CANDIDATESERVICE']._serialized_end=1843
+  _globals['_MODELSERVICE']._serialized_start=1846
+  _globals['_MODELSERVICE']._serialized_end=2035
 # @@protoc_insertion_point(module_scope)

@@ -17,20 +17,24 @@ MODEL_FORMAT_ONNX: ModelFormat
 MODEL_FORMAT_PTE: ModelFormat
 
 class GetCandidatesRequest(_message.Message):
-    __slots__ = ("user_id", "history", "num_candidates", "exclude", "request_id", "device_model_version")
+    __slots__ = ("user_id", "history", "num_candidates", "exclude", "request_id", "device_model_version", "with_vectors", "missing_vectors")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_VECTORS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     history: _containers.RepeatedScalarFieldContainer[int]
     num_candidates: int
     exclude: _containers.RepeatedScalarFieldContainer[int]
     request_id: str
     device_model_version: str
-    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., num_candidates: _Optional[int] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., device_model_version: _Optional[str] = ...) -> None: ...
+    with_vectors: bool
+    missing_vectors: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[int]] = ..., num_candidates: _Optional[int] = ..., exclude: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., device_model_version: _Optional[str] = ..., with_vectors: _Optional[bool] = ..., missing_vectors: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("item_id", "score")
@@ -41,16 +45,32 @@ class Candidate(_message.Message):
     def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class GetCandidatesResponse(_message.Message):
-    __slots__ = ("candidates", "generator_version", "generation_ms", "request_id")
+    __slots__ = ("candidates", "generator_version", "generation_ms", "request_id", "vectors")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     generator_version: str
     generation_ms: float
     request_id: str
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., generator_version: _Optional[str] = ..., generation_ms: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    vectors: ItemVectors
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., generator_version: _Optional[str] = ..., generation_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., vectors: _Optional[_Union[ItemVectors, _Mapping]] = ...) -> None: ...
+
+class ItemVectors(_message.Message):
+    __slots__ = ("model_version", "dim", "item_ids", "values", "scales")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    dim: int
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    values: bytes
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., item_ids: _Optional[_Iterable[int]] = ..., values: _Optional[bytes] = ..., scales: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape", "dim_names")
@@ -65,7 +85,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dim_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("model_name", "version", "format", "file_name", "sha256", "size_bytes", "inputs", "outputs", "history_length", "num_items", "vocab_hash", "created_at", "metrics", "golden", "untrained_items")
+    __slots__ = ("model_name", "version", "format", "file_name", "sha256", "size_bytes", "inputs", "outputs", "history_length", "num_items", "vocab_hash", "created_at", "metrics", "golden", "untrained_items", "kind", "vector_dim", "vector_table_sha256")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +108,9 @@ class ModelManifest(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     GOLDEN_FIELD_NUMBER: _ClassVar[int]
     UNTRAINED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_TABLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     format: ModelFormat
@@ -103,25 +126,32 @@ class ModelManifest(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     golden: GoldenExample
     untrained_items: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., history_length: _Optional[int] = ..., num_items: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., golden: _Optional[_Union[GoldenExample, _Mapping]] = ..., untrained_items: _Optional[_Iterable[int]] = ...) -> None: ...
+    kind: str
+    vector_dim: int
+    vector_table_sha256: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., history_length: _Optional[int] = ..., num_items: _Optional[int] = ..., vocab_hash: _Optional[str] = ..., created_at: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., golden: _Optional[_Union[GoldenExample, _Mapping]] = ..., untrained_items: _Optional[_Iterable[int]] = ..., kind: _Optional[str] = ..., vector_dim: _Optional[int] = ..., vector_table_sha256: _Optional[str] = ...) -> None: ...
 
 class GoldenExample(_message.Message):
-    __slots__ = ("history", "candidates", "scores")
+    __slots__ = ("history", "candidates", "scores", "vectors")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
     history: _containers.RepeatedScalarFieldContainer[int]
     candidates: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, history: _Optional[_Iterable[int]] = ..., candidates: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    vectors: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, history: _Optional[_Iterable[int]] = ..., candidates: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., vectors: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetLatestManifestRequest(_message.Message):
-    __slots__ = ("format", "current_version")
+    __slots__ = ("format", "current_version", "kind")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     format: ModelFormat
     current_version: str
-    def __init__(self, format: _Optional[_Union[ModelFormat, str]] = ..., current_version: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, format: _Optional[_Union[ModelFormat, str]] = ..., current_version: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class GetLatestManifestResponse(_message.Message):
     __slots__ = ("manifest", "update_available")

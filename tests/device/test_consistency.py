@@ -111,13 +111,15 @@ ORDER_MEASURES = [name for name, m in c.MEASURES.items() if m.on_positions is no
 
 
 def test_the_registry_holds_every_measure_by_its_one_name():
-    assert c.MEASURES.names() == ("footrule", "held-mass", "held-regret", "kendall", "list-belief", "lsc4rec", "miss",
-                                  "miss-belief", "miss-depth", "overlap", "rbo", "regret", "srm-miss-depth")
+    assert c.MEASURES.names() == ("est-regret", "footrule", "held-mass", "held-regret", "kendall", "list-belief",
+                                  "lsc4rec", "miss", "miss-belief", "miss-depth", "overlap", "rbo", "regret",
+                                  "srm-miss-depth")
     assert [name for name, m in c.MEASURES.items() if m.needs_catalogue] == ["regret"]
     assert [name for name, m in c.MEASURES.items() if m.needs_context] == [
-        "held-mass", "held-regret", "list-belief", "miss", "miss-belief", "miss-depth", "srm-miss-depth"]
+        "est-regret", "held-mass", "held-regret", "list-belief", "miss", "miss-belief", "miss-depth", "srm-miss-depth"]
+    assert [name for name, m in c.MEASURES.items() if m.needs_partition] == ["est-regret"]
     assert all(m.name == name and m.text for name, m in c.MEASURES.items())
-    with pytest.raises(InvalidArgumentError, match="known: footrule"):
+    with pytest.raises(InvalidArgumentError, match="known: est-regret, footrule"):
         c.MEASURES.get("cosine")
     with pytest.raises(InvalidArgumentError, match="catalogue"):
         c.inconsistency("regret", np.array(LLM), np.array(LLM))
@@ -237,3 +239,21 @@ def test_miss_belief_adds_the_weighted_list_belief_to_the_miss_depth():
     # a miss raises the score; so does a list the SRM believes less in
     assert m.of_context(_context([-1], logits)) > m.of_context(_context([0], logits))
     assert m.of_context(_context([0], logits - 5.0)) > m.of_context(_context([0], logits))
+
+
+def test_estimated_regret_equals_the_catalogue_regret_given_the_true_partition():
+    """With the exact log Z and top-K log-mass of the showable catalogue, est-regret is catalogue_regret."""
+    rng = np.random.default_rng(5)
+    logits = np.concatenate([[0.0], rng.normal(0, 2, 300)])
+    consumed = rng.choice(np.arange(1, 301), 20, replace=False)
+    pool = np.setdiff1d(rng.choice(np.arange(1, 301), 50, replace=False), consumed)
+    showable = np.ones(301, dtype=bool)
+    showable[0] = False
+    showable[consumed] = False
+    x = logits[showable]
+    log_z = np.log(np.exp(x).sum())
+    log_top = np.log(np.exp(np.sort(x)[-10:]).sum())
+    exact = c.catalogue_regret(logits, pool, consumed, k=10)
+    assert c.estimated_regret(logits[pool], np.array([log_z, log_top]), 10) == pytest.approx(exact, abs=1e-12)
+    assert np.isnan(c.estimated_regret(logits[pool], None, 10))
+    assert c.estimated_regret(np.zeros(0), np.array([log_z, log_top]), 10) == pytest.approx(np.exp(log_top - log_z))

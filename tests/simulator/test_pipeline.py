@@ -152,5 +152,5 @@ def test_the_demo_is_the_pipeline_on_ml100k_with_its_settings(tmp_path):
     assert cmd.train_coop == ["train", "srm", "--data", data, "--model", "sasrec", "--coop", "--resume",
                               "runs/demo/srm-indep/srm.pt", "--generator", "llm:runs/demo/llm",
                               "--out", "runs/demo/srm-coop"]
-    assert cmd.export(cmd.coop) == ["export", "srm", "--ckpt", "runs/demo/srm-coop", "--format", "onnx",
-                                    "--out", "runs/demo/srm-coop"]
+    assert cmd.export(cmd.coop) == ["export", "srm", "--ckpt", "runs/demo/srm-coop", "--format", "onnx,user-encoder",
+                                    "--data", data, "--out", "runs/demo/srm-coop"]

@@ -58,6 +58,21 @@ class GRU4Rec(SequentialRecommender):
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self.item_emb(items)
 
+    def item_table(self) -> torch.Tensor:
+        """(N + 1, d): the vectors a catalogue-free device is sent (input and output embeddings are one table)."""
+        return self.item_emb.weight
+
+    def initial_state(self, batch: int = 1) -> torch.Tensor:
+        """(layers, B, H): the state before any item (the catalogue-free device's incremental start)."""
+        return torch.zeros(self.config.layers, batch, self.config.gru_hidden)
+
+    def step(self, vector: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One new item's vector (B, d) and the state (layers, B, H) -> (user state (B, d), next state): the
+        incremental update of a catalogue-free device. Stepping from `initial_state` over a history's items equals
+        `encode` on that history unpadded (`encode` also reads the left padding, zero vectors, first)."""
+        out, state = self.gru(vector.unsqueeze(1), state)
+        return self.out(out[:, -1]), state
+
     def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """history (B, T) int64, candidates (B, C) int64 -> (B, C) float32 scores (logits)."""
         user = self.encode(history)[:, -1, :]  # (B, d)

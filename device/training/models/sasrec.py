@@ -1,4 +1,11 @@
-"""SASRec (Kang & McAuley 2018): causal self-attention over the item history, learned positions."""
+"""SASRec (Kang & McAuley 2018): causal self-attention over the item history, learned or rotary positions.
+
+With `positions = "rotary"` (RoPE, Su et al. 2021) attention depends only on how far apart two items are, so a
+device can keep each block's keys and values of past items and compute only the newest position per event
+(`SASRec.step`): exact with respect to `encode`, which also lets each item see at most the max_len - 1 items before it
+(the sliding window every training example already fits in). Learned positions are right-aligned, so every
+position's input changes when an item is appended, and only a full re-encode is exact.
+"""
 from __future__ import annotations
 
 import math
@@ -27,10 +34,30 @@ class SASRecConfig:
     scale_embeddings: bool = True  # item embeddings x sqrt(d) before positions are added (SASRec paper; RecBole: no)
     tied_output: bool = True  # score with the input item embeddings (SASRec, RecBole); False = a table of its own
     history_bias: bool = False  # learn a score offset for items already in the history (HistoryBias)
+    positions: str = "learned"  # "learned" (right-aligned table, the paper's) or "rotary" (an incremental device)
 
     def __post_init__(self):
         check_common_fields(self)
         check(self.hidden % self.heads == 0, "heads", self.heads, f"must divide hidden ({self.hidden})")
+        check(self.positions in ("learned", "rotary"), "positions", self.positions, "must be learned or rotary")
+        check(self.positions == "learned" or (self.hidden // self.heads) % 2 == 0, "heads", self.heads,
+              "rotary positions need an even head size (hidden / heads)")
+
+
+ROPE_BASE = 10000.0
+
+
+def rotary_tables(positions: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (P, head_size / 2) of RoPE's angles position x base^(-2i / head_size)."""
+    freqs = ROPE_BASE ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = positions.to(torch.float32).unsqueeze(-1) * freqs
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (..., P, head_size) with tables (P, head_size / 2): the two halves turned by each angle."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -41,15 +68,20 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.hidden, config.hidden)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # x: (B T, d) rows of B histories; allowed: (B, 1, Q, T) bool, True where query q may look at key s.
         # Only the last `queries` positions are computed as queries (all T are keys and values): (B Q, d).
+        # rope: cos and sin (T, d/H/2) of the T positions (rotary positions), None for learned ones.
         d = x.shape[1]
         # All T rows are projected to queries too, then sliced: projecting only the query rows (with sliced
         # weights) saved 2-4% in ONNX but doubled ExecuTorch's time (XNNPACK delegates only constant weights).
         q, k, v = self.qkv(x).reshape(batch, -1, 3 * d).split(d, dim=2)
         q = q[:, q.shape[1] - queries:]
         q, k, v = (z.reshape(batch, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        if rope is not None:
+            cos, sin = rope
+            q, k = rotate(q, cos[cos.shape[0] - queries:], sin[sin.shape[0] - queries:]), rotate(k, cos, sin)
         # softmax(q k^T / sqrt(d/H) masked) v, with dropout on the weights; one fused op in eager torch and
         # one Attention node in ONNX opset 23 (fewer, faster nodes than the spelled-out form; its head reshapes are
         # rewritten away at export, device.training.export.AttentionOnHiddenStates).
@@ -70,9 +102,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden, eps=1e-12)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, batch: int, queries: int,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """(B T, d) -> (B Q, d): the states of the last Q = `queries` positions of each history."""
-        attended = self.drop(self.attn(x, allowed, batch, queries))
+        attended = self.drop(self.attn(x, allowed, batch, queries, rope))
         if x.shape[0] != batch * queries:  # fewer queries than positions: the residual is their rows only
             x = x.reshape(batch, -1, x.shape[1])[:, -queries:].reshape(batch * queries, -1)
         x = self.norm1(x + attended)
@@ -90,7 +123,7 @@ class SASRec(SequentialRecommender):
         self.num_items, self.max_len = config.num_items, config.max_len
         self.item_emb = nn.Embedding(config.num_items + 1, config.hidden, padding_idx=0)
         self.out_emb = None if config.tied_output else nn.Embedding(config.num_items + 1, config.hidden, padding_idx=0)
-        self.pos_emb = nn.Embedding(config.max_len, config.hidden)
+        self.pos_emb = nn.Embedding(config.max_len, config.hidden) if config.positions == "learned" else None
         self.norm = nn.LayerNorm(config.hidden, eps=1e-12)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
@@ -112,27 +145,75 @@ class SASRec(SequentialRecommender):
         it is not zeroed for an all-padding history (4 graph nodes less per call; such a history has no
         information either way, and its scores are then the same for every user).
         """
-        t = history.shape[1]
-        keep = history > 0  # (B, T)
-        positions = torch.arange(t, device=history.device) + (self.max_len - t)  # right-aligned slots
-        x = self.item_emb(history)
+        return self._encode(self.item_emb(history), history > 0, last_only)
+
+    def user_from_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) item vectors of the history, zero rows = padding -> (B, d) user states: the catalogue-free
+        device's encoder (the item table stays in the cloud; device.training.encoder_export)."""
+        keep = vectors.abs().amax(dim=-1) > 0
+        return self._encode(vectors, keep, last_only=True).reshape(-1, self.config.hidden)
+
+    def _encode(self, x: torch.Tensor, keep: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """`encode` from the history's item vectors x (B, T, d) and its non-padding mask keep (B, T)."""
+        t = x.shape[1]
+        positions = torch.arange(t, device=x.device) + (self.max_len - t)  # right-aligned slots
         if self.config.scale_embeddings:
             x = x * math.sqrt(self.config.hidden)
-        x = x + self.pos_emb(positions)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        else:  # rotary: any offset gives the same attention (only distances count)
+            rope = rotary_tables(positions, self.config.hidden // self.config.heads)
         x = self.drop(self.norm(x)) * keep.unsqueeze(-1)
-        causal = torch.ones(t, t, dtype=torch.bool, device=history.device).tril()
+        # each item sees the max_len - 1 before it at most (a wider input is the same sliding window; step() keeps it)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril().triu(-(self.max_len - 1))
         # Keys must be real items; the diagonal stays open so padded rows never attend to nothing.
-        allowed = (causal & keep.unsqueeze(1)) | torch.eye(t, dtype=torch.bool, device=history.device)
+        allowed = (causal & keep.unsqueeze(1)) | torch.eye(t, dtype=torch.bool, device=x.device)
         allowed = allowed.unsqueeze(1)  # (B, 1, T, T)
-        b, d = history.shape[0], x.shape[2]
+        b, d = x.shape[0], x.shape[2]
         # The blocks work on (B T, d) rows, not (B, T, d): each Linear is then one Gemm node in ONNX instead
         # of MatMul + Add, about 5% less time per call (onnxruntime 1.32, one thread).
         x = x.reshape(b * t, d)
         for i, block in enumerate(self.blocks):
             queries = 1 if last_only and i == len(self.blocks) - 1 else t
-            x = block(x, allowed[:, :, t - queries:], b, queries)
+            x = block(x, allowed[:, :, t - queries:], b, queries, rope)
         x = x.reshape(b, -1, d)
         return x if last_only else x * keep.unsqueeze(-1)
+
+    def step(self, vector: torch.Tensor, position: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor,
+             past_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new item for a rotary model, with each block's keys and values of the items before it.
+
+        vector (1, d) the new item's vector; position (1,) int64 its index in the history (any origin: only
+        distances count); past_keys / past_values (layers, H, S, d/H) with S = max_len - 1 slots, oldest first
+        (already rotated); past_mask (S,) bool, True where a slot holds an item. Returns the user state (1, d) and
+        the new item's keys and values (layers, H, 1, d/H), which the caller appends (dropping the oldest).
+        """
+        d, heads = self.config.hidden, self.config.heads
+        cos, sin = rotary_tables(position, d // heads)  # (1, d/H/2)
+        x = vector * math.sqrt(d) if self.config.scale_embeddings else vector
+        x = self.norm(x)
+        allowed = torch.cat([past_mask, torch.ones(1, dtype=torch.bool)]).reshape(1, 1, 1, -1)
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            q, k, v = (z.reshape(1, heads, 1, d // heads) for z in block.attn.qkv(x).split(d, dim=1))
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            keys.append(k[0])
+            values.append(v[0])
+            k_all = torch.cat([past_keys[i].unsqueeze(0), k], dim=2)
+            v_all = torch.cat([past_values[i].unsqueeze(0), v], dim=2)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=allowed)  # (1, H, 1, d/H)
+            x = block.norm1(x + block.attn.proj(y.reshape(1, d)))
+            x = block.norm2(x + block.ff(x))
+        return x, torch.stack(keys), torch.stack(values)
+
+    def item_table(self) -> torch.Tensor:
+        """(N + 1, d): the vectors a catalogue-free device is sent, one per item, used both to encode a history and
+        to score a candidate; only a tied model has one table for both."""
+        if self.out_emb is not None:
+            raise ValueError("a SASRec with tied_output = false has two item tables; the catalogue-free device "
+                             "needs one (train with tied_output = true)")
+        return self.item_emb.weight
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Output embeddings (tied to the input ones by default): (…,) -> (…, d)."""

@@ -1,0 +1,210 @@
+"""Export an SRM as a catalogue-free device model: a user encoder (ONNX) plus the item table the cloud keeps.
+
+Folder `user-encoder/`: `encoder.onnx` (device/runtime/encoder.py says what its two shapes compute),
+`item_vectors.npz` (the item table, int8 + one scale per item: shared.vector_table; it stays in the cloud, which
+sends rows with lists) and `manifest.json` (kind "user-encoder", vector_dim, the table's sha256, and a golden
+example that carries its own vectors so a device can check the graph with no table). The graph is checked
+against eager PyTorch on the same (dequantised) vectors; the manifest's metrics also say what quantisation and,
+for a recurrent model, incremental encoding change against the model's own full-catalogue scorer.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from device.runtime.encoder import PARTITION_OUTPUT, UserEncoder
+from device.training.artifacts import load_checkpoint
+from device.training.partition_head import PartitionHead, fit_partition_head
+from device.training.export import PARITY_ATOL, AttentionOnHiddenStates, ExportError, _rewrite_onnx, check_parity, example_inputs
+from shared.files import replace_dir
+from shared.manifest import new_version, sha256_file, write_manifest
+from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
+from shared.vector_table import VECTOR_TABLE_NAME, VectorTable
+
+FORMAT = "user-encoder"
+FILE_NAME = "encoder.onnx"
+GOLDEN_HISTORY, GOLDEN_CANDIDATES = 12, 16
+
+
+class _Graph(nn.Module):
+    """The model's user encoder, plus the partition head's [log Z, log T] of the user vector when there is one."""
+
+    def __init__(self, model, head: PartitionHead | None):
+        super().__init__()
+        self.model, self.head = model.eval(), None if head is None else head.eval()
+
+    def _with_head(self, *outputs, user: torch.Tensor):
+        return outputs if self.head is None else (*outputs, self.head(user))
+
+
+class _Window(_Graph):
+    def forward(self, history_vectors: torch.Tensor):
+        user = self.model.user_from_vectors(history_vectors)
+        return self._with_head(user, user=user)
+
+
+class _Step(_Graph):
+    def forward(self, state: torch.Tensor, item_vector: torch.Tensor):
+        user, nxt = self.model.step(item_vector, state)
+        return self._with_head(nxt, user, user=user)
+
+
+class _Cached(_Graph):
+    def forward(self, item_vector, position, past_keys, past_values, past_mask):
+        user, keys, values = self.model.step(item_vector, position, past_keys, past_values, past_mask)
+        return self._with_head(user, keys, values, user=user)
+
+
+def _graph(model, head: PartitionHead | None = None) -> tuple[nn.Module, tuple, tuple, tuple]:
+    """The wrapper to export, its example inputs and the manifest's input/output specs."""
+    wrapper, inputs, in_specs, out_specs = _shape(model, head)
+    if head is not None:
+        out_specs = (*out_specs, TensorSpec(PARTITION_OUTPUT, "float32", (1, 2)))
+    return wrapper, inputs, in_specs, out_specs
+
+
+def _shape(model, head):
+    d = model.item_table().shape[1]
+    if hasattr(model, "initial_state"):  # recurrent: the state is the model's own
+        state = model.initial_state(1)
+        return (_Step(model, head), (state, torch.zeros(1, d)),
+                (TensorSpec("state", "float32", tuple(state.shape)), TensorSpec("item_vector", "float32", (1, d))),
+                (TensorSpec("next_state", "float32", tuple(state.shape)), TensorSpec("user", "float32", (1, d))))
+    if getattr(getattr(model, "config", None), "positions", None) == "rotary":  # keys and values kept per block
+        c = model.config
+        cache = (c.layers, c.heads, c.max_len - 1, c.hidden // c.heads)
+        inputs = (torch.zeros(1, d), torch.zeros(1, dtype=torch.int64), torch.zeros(cache), torch.zeros(cache),
+                  torch.zeros(c.max_len - 1, dtype=torch.bool))
+        new = (c.layers, c.heads, 1, c.hidden // c.heads)
+        return (_Cached(model, head), inputs,
+                (TensorSpec("item_vector", "float32", (1, d)), TensorSpec("position", "int64", (1,)),
+                 TensorSpec("past_keys", "float32", cache), TensorSpec("past_values", "float32", cache),
+                 TensorSpec("past_mask", "bool", (c.max_len - 1,))),
+                (TensorSpec("user", "float32", (1, d)), TensorSpec("keys", "float32", new),
+                 TensorSpec("values", "float32", new)))
+    if hasattr(model, "user_from_vectors"):
+        return (_Window(model, head), (torch.zeros(1, model.max_len, d),),
+                (TensorSpec("history_vectors", "float32", (1, model.max_len, d)),),
+                (TensorSpec("user", "float32", (1, d)),))
+    raise ExportError(f"{type(model).__name__} has no user encoder: the catalogue-free export needs a model whose "
+                      "score is a user vector . item vector (sasrec, gru4rec)")
+
+
+def has_user_encoder(model) -> bool:
+    """The model scores by user vector . item vector with one item table (what a catalogue-free device needs)."""
+    return (hasattr(model, "initial_state") or hasattr(model, "user_from_vectors")) and \
+        getattr(model, "out_emb", None) is None
+
+
+def export_encoder_checkpoint(ckpt_path: str | Path, out_dir: str | Path, seed: int = 0, dataset=None) -> Path:
+    """`export_user_encoder` of a checkpoint; the manifest carries the checkpoint's validation metrics. With the
+    `dataset` it was trained on, the graph also gets a partition head (fitted on its training histories)."""
+    model, ckpt = load_checkpoint(ckpt_path, None if dataset is None else dataset.vocab_hash)
+    metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float))}
+    head = None
+    if dataset is not None:
+        head, figures = fit_partition_head(model, dataset.sequences(), seed=seed)
+        metrics.update(figures)
+    return export_user_encoder(model, ckpt["model"], ckpt["vocab_hash"], Path(out_dir), metrics,
+                               untrained=ckpt.get("untrained_items", ()), seed=seed, head=head)
+
+
+def _eager_user(model, vectors: np.ndarray) -> np.ndarray:
+    """The user vector eager PyTorch computes from a history's vectors (n, d), as the exported graph does."""
+    with torch.no_grad():
+        x = torch.from_numpy(vectors[-model.max_len:])
+        if getattr(getattr(model, "config", None), "positions", None) == "rotary":  # encode's window, all at once
+            window = torch.zeros(1, model.max_len, x.shape[1])
+            window[0, model.max_len - len(x):] = x
+            return model.user_from_vectors(window)[0].numpy()
+        if hasattr(model, "initial_state"):
+            state, user = model.initial_state(1), None
+            for row in x:
+                user, state = model.step(row[None, :], state)
+            return user[0].numpy()
+        window = torch.zeros(1, model.max_len, x.shape[1])
+        window[0, model.max_len - len(x):] = x
+        return model.user_from_vectors(window)[0].numpy()
+
+
+def export_user_encoder(model, model_name: str, vocab_hash: str, out_dir: Path, metrics: dict | None = None,
+                        untrained=(), seed: int = 0, head: PartitionHead | None = None) -> Path:
+    """Write `out_dir/user-encoder/` atomically (checked against eager first); returns the folder. With `head`, the
+    graph also outputs its [log Z, log T] (the "est-regret" measure's input)."""
+    wrapper, inputs, in_specs, out_specs = _graph(model, head)
+    try:
+        float_table = model.item_table().detach().float().numpy()
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{FORMAT}.tmp-", dir=out_dir))
+    try:
+        program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=[s.name for s in in_specs],
+                                    output_names=[s.name for s in out_specs], external_data=False, verbose=False,
+                                    opset_version=23)
+        _rewrite_onnx(program.model, AttentionOnHiddenStates)
+        program.save(str(tmp / FILE_NAME))
+        table = VectorTable.from_floats(float_table, vocab_hash)
+        table_sha = table.save(tmp / VECTOR_TABLE_NAME)
+        vectors = table.values.astype(np.float32) * table.scales[:, None]  # what devices receive, dequantised
+        sha = sha256_file(tmp / FILE_NAME)
+        d = vectors.shape[1]
+        manifest = ModelManifest(
+            model_name=model_name, version=new_version(sha), format=ModelFormat.ONNX, file_name=FILE_NAME,
+            sha256=sha, size_bytes=(tmp / FILE_NAME).stat().st_size, inputs=in_specs, outputs=out_specs,
+            history_length=model.max_len, num_items=model.num_items, vocab_hash=vocab_hash,
+            created_at=datetime.now(timezone.utc).isoformat(), metrics=dict(metrics or {}),
+            untrained_items=tuple(int(i) for i in untrained), kind=FORMAT, vector_dim=d,
+            vector_table_sha256=table_sha)
+        encoder = UserEncoder(tmp / FILE_NAME, manifest)
+        histories, candidates = example_inputs(model.num_items, model.max_len, batch=3, seed=seed)
+        diffs, quant, incremental = [], [], []
+        for history, cands in zip(histories.numpy(), candidates.numpy()):
+            real = history[history > 0]
+            expected = _eager_user(model, vectors[real])
+            _, user, partition = encoder.encode(vectors[real])
+            diffs.append(check_parity(f"{FORMAT} user vector", user, expected, PARITY_ATOL))
+            if head is not None:
+                with torch.no_grad():
+                    eager = head(torch.from_numpy(expected)[None])[0].numpy()
+                diffs.append(check_parity(f"{FORMAT} {PARTITION_OUTPUT}", partition, eager, PARITY_ATOL))
+            with torch.no_grad():  # the model's own scorer: float table, full window
+                own = model(torch.from_numpy(history[None, :]), torch.from_numpy(cands[None, :]))[0].numpy()
+            fresh = ~np.isin(cands, real)  # a device never scores a consumed item (the history bias's only use)
+            mine = vectors[cands[fresh]] @ user
+            scale = max(float(np.abs(own[fresh]).max()), 1e-6)
+            (incremental if isinstance(wrapper, _Step) else quant).append(float(np.abs(mine - own[fresh]).max()) / scale)
+        rng = np.random.default_rng(seed)
+        g_hist = rng.integers(1, model.num_items + 1, GOLDEN_HISTORY)
+        g_cands = rng.integers(1, model.num_items + 1, GOLDEN_CANDIDATES)
+        g_user = encoder.encode(vectors[g_hist])[1]
+        padded = np.zeros(model.max_len, dtype=np.int64)
+        padded[-len(g_hist):] = g_hist[-model.max_len:]
+        golden = GoldenExample(tuple(int(i) for i in padded), tuple(int(i) for i in g_cands),
+                               tuple(float(s) for s in vectors[g_cands] @ g_user),
+                               tuple(float(v) for v in np.concatenate([vectors[g_hist], vectors[g_cands]]).ravel()))
+        figures = {"parity_max_abs_diff": max(diffs), "parity_tolerance": PARITY_ATOL,
+                   "table_bytes": int(table.values.nbytes + table.scales.nbytes)}
+        if quant:  # how far the device's scores (int8 vectors) are from the model's own, relative to their range
+            figures["int8_max_rel_score_diff"] = max(quant)
+        if incremental:  # a recurrent model: also no left padding read, and no window (see encoder.py)
+            figures["incremental_max_rel_score_diff"] = max(incremental)
+        manifest = ModelManifest(**{**manifest.__dict__, "metrics": {**manifest.metrics, **figures},
+                                    "golden": golden})
+        write_manifest(manifest, tmp)
+        tmp.chmod(0o755)
+        replace_dir(tmp, out_dir / FORMAT)
+    except ExportError:
+        raise
+    except Exception as exc:  # exporter/runtime failures become one typed error; nothing is left
+        raise ExportError(f"export to {FORMAT} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / FORMAT
