@@ -20,12 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_server import (DEFAULT_LLMS, REPO, STUB_ITEMS, SleepGenerator, find_llm, make_requests,
+from benchmarks.bench_server import (DEFAULT_LLMS, REPO, STUB_ITEMS, SleepGenerator, drive, find_llm, make_requests,
                                      process_cpu_seconds)
 from benchmarks.bench_server import ServerProcess as BareProcess
 from benchmarks.common import emit
@@ -135,45 +134,11 @@ async def _load(address: str, devices: int, channels: int, seconds: float, reque
     options = channel_options(config) + [("grpc.use_local_subchannel_pool", 1)]
     pool = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
     stubs = [pb_grpc.CandidateServiceStub(channel) for channel in pool]
-    loop = asyncio.get_running_loop()
-    state = {"started": 0, "finished": 0, "late": 0}
-    codes: Counter = Counter()
-    latencies: list[float] = []
-    stop_at = loop.time() + seconds
-
-    async def device(k: int) -> None:
-        stub, i = stubs[k % channels], k
-        while loop.time() < stop_at:
-            state["started"] += 1
-            start = time.perf_counter()
-            try:
-                await stub.GetCandidates(requests[i % len(requests)], timeout=timeout_s)
-                code = "OK"
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
-            elapsed = time.perf_counter() - start
-            state["finished"] += 1
-            codes[code] += 1
-            latencies.append(elapsed)
-            state["late"] += elapsed > timeout_s + 0.5
-            i += devices
-
     try:
-        began, cpu = time.perf_counter(), time.process_time()
-        tasks = [asyncio.ensure_future(device(k)) for k in range(devices)]
-        await asyncio.wait(tasks, timeout=seconds + timeout_s + 10)
-        for task in tasks:
-            task.cancel()
-        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        return await drive(stubs, devices, seconds, requests, timeout_s)
     finally:
         for channel in pool:
             await channel.close()
-    lat = np.asarray(latencies) * 1000.0
-    return {"requests": state["finished"], "requests_per_s": state["finished"] / wall,
-            "ok_per_s": codes["OK"] / wall, "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None, "codes": dict(codes),
-            "lost": state["started"] - state["finished"] + state["late"], "wall_s": wall,
-            "client_cpu_ms_per_request": 1000.0 * cpu / max(state["finished"], 1)}
 
 
 def run_load(server, args: argparse.Namespace, requests: list, timeout_s: float) -> dict:

@@ -185,49 +185,57 @@ def make_requests(histories: list[np.ndarray], n: int, count: int, seed: int) ->
     return out
 
 
-async def _load(address: str, devices: int, seconds: float, requests: list, timeout_s: float,
-                max_requests: int) -> dict:
+async def drive(stubs: list, devices: int, seconds: float, requests: list, timeout_s: float,
+                max_requests: int = 10**7) -> dict:
+    """`devices` simulated devices calling GetCandidates back to back for `seconds` (device k on stubs[k % len]):
+    requests/s, latency percentiles, status codes, calls lost (never ended, or ended after their deadline)."""
     import grpc
-
-    from shared.rpc import lsc4rec_pb2_grpc as pb_grpc
 
     loop = asyncio.get_running_loop()
     state = {"started": 0, "finished": 0, "late": 0}
     codes: Counter = Counter()
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.CandidateServiceStub(channel)
-        stop_at = loop.time() + seconds
+    stop_at = loop.time() + seconds
 
-        async def device(k: int) -> None:
-            i = k
-            while loop.time() < stop_at and state["started"] < max_requests:
-                state["started"] += 1
-                start = time.perf_counter()
-                try:
-                    await stub.GetCandidates(requests[i % len(requests)], timeout=timeout_s)
-                    code = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                elapsed = time.perf_counter() - start
-                state["finished"] += 1
-                codes[code] += 1
-                latencies.append(elapsed)
-                state["late"] += elapsed > timeout_s + 0.5  # ended, but not before its deadline
-                i += devices
+    async def device(k: int) -> None:
+        stub, i = stubs[k % len(stubs)], k
+        while loop.time() < stop_at and state["started"] < max_requests:
+            state["started"] += 1
+            start = time.perf_counter()
+            try:
+                await stub.GetCandidates(requests[i % len(requests)], timeout=timeout_s)
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            elapsed = time.perf_counter() - start
+            state["finished"] += 1
+            codes[code] += 1
+            latencies.append(elapsed)
+            state["late"] += elapsed > timeout_s + 0.5  # ended, but not before its deadline
+            i += devices
 
-        began, cpu = time.perf_counter(), time.process_time()
-        tasks = [asyncio.ensure_future(device(k)) for k in range(devices)]
-        await asyncio.wait(tasks, timeout=seconds + timeout_s + 10)
-        for task in tasks:
-            task.cancel()
-        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    began, cpu = time.perf_counter(), time.process_time()
+    tasks = [asyncio.ensure_future(device(k)) for k in range(devices)]
+    await asyncio.wait(tasks, timeout=seconds + timeout_s + 10)
+    for task in tasks:
+        task.cancel()
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     lat = np.asarray(latencies) * 1000.0
     return {"requests": state["finished"], "requests_per_s": state["finished"] / wall,
             "ok_per_s": codes["OK"] / wall, "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None, "codes": dict(codes),
             "lost": state["started"] - state["finished"] + state["late"], "wall_s": wall,
             "client_cpu_ms_per_request": 1000.0 * cpu / max(state["finished"], 1)}  # shares the cores with the server
+
+
+async def _load(address: str, devices: int, seconds: float, requests: list, timeout_s: float,
+                max_requests: int) -> dict:
+    import grpc
+
+    from shared.rpc import lsc4rec_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await drive([pb_grpc.CandidateServiceStub(channel)], devices, seconds, requests, timeout_s, max_requests)
 
 
 def run_load(server: ServerProcess, devices: int, seconds: float, requests: list, timeout_s: float) -> dict:

@@ -22,7 +22,7 @@ from simulator.config import MATCHED_RANDOM, SimConfig, check_against_data
 from simulator.device_adapter import MAX_REQUEST_HISTORY, MemoReranker
 from simulator.engine import Replay, RunResult, Streams, build_streams
 from simulator.figures import POPULARITY, by_popularity, device_only_ranks, summarize
-from simulator.models import load_generator, load_reranker
+from simulator.models import SharedEncoder, load_generator, load_reranker
 from simulator.network import NetworkModel
 
 
@@ -55,10 +55,12 @@ def load_world(config: SimConfig, source=None, generator=None, reranker=None, da
     vectors = getattr(reranker, "table", None)  # a catalogue-free device (simulator.models.EncoderCatalogue)
     if source is None:
         source = MemoSource(GeneratorSource(generator))
-        if vectors is not None:  # what the server sends such a device: the item vectors of its model version
-            source = VectorSource(source, vectors)
+    if isinstance(source, VectorSource):  # another world's lists (their memo is shared), not its vectors
+        source = source.source
+    if vectors is not None and isinstance(source, MemoSource):  # in process: the vectors of this model's version,
+        source = VectorSource(source, vectors)  # as the server sends them (a gRPC source gets them from the server)
     scorer = MemoReranker(reranker, dataset.num_items)
-    device = scorer if vectors is None else reranker.encoder
+    device = scorer if vectors is None else SharedEncoder(reranker.encoder)
     return World(config, dataset, streams, generator, reranker, source, scorer, device, vectors)
 
 

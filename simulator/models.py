@@ -95,6 +95,41 @@ class EncoderCatalogue:
         return self.encoder.encode(self.vectors[real])[2]
 
 
+class SharedEncoder(UserEncoder):
+    """The user encoder every simulated device holds, remembering what it computed across sessions.
+
+    Every run of a grid replays the same users through the same events, and with each consumed item's vector arriving
+    with it, a user's encoder state after step t is the same in every run: re-computing it per run was most of a
+    grid's time. So `encode` (a state rebuilt from a history's vectors) and `step` (one event) are remembered, a
+    step by the identity of the state it starts from (states are never modified in place, encoder.py, and the memo
+    keeps each one it keys on alive, so an id is never reused while its entry exists) and the vector's bytes. The
+    figures are those of computing every step; at most `keep` entries are kept (then the memo starts again)."""
+
+    def __init__(self, encoder: UserEncoder, keep: int = 20000):
+        self.__dict__.update(encoder.__dict__)  # the same loaded graph and manifest
+        self._encoded: dict = {}
+        self._stepped: dict = {}
+        self._keep = keep
+
+    def _remember(self, memo: dict, key, compute):
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) >= self._keep:
+                memo.clear()
+            hit = memo[key] = compute()
+        return hit
+
+    def encode(self, vectors: np.ndarray):
+        vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[-self.history_length:])
+        return self._remember(self._encoded, vectors.tobytes(), lambda: UserEncoder.encode(self, vectors))
+
+    def step(self, state, vector: np.ndarray):
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        _, *out = self._remember(self._stepped, (id(state), vector.tobytes()),
+                                 lambda: (state, *UserEncoder.step(self, state, vector)))
+        return tuple(out)
+
+
 def load_reranker(folder: str, fmt: str, dataset, past: Sequence[np.ndarray]):
     """The exported SRM through the device runtime (manifest verified), or the Markov stand-in. A user-encoder
     folder (the catalogue-free device) comes with its vector table, verified against the manifest."""

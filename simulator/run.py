@@ -142,12 +142,31 @@ def open_world(config: SimConfig):
     server = None
     address = config.server
     if not address:
-        server = ServerProcess(config.llm, dataset_dir=config.data).start()
+        models = _published_encoder(config)  # a catalogue-free device's vectors come from the server's table
+        server = ServerProcess(config.llm, models=models, dataset_dir=config.data).start()
         address = server.address
     source = GrpcSource(address, dataset.num_items, config.grpc_concurrency)
     world = load_world(config, source=source, dataset=dataset)
     world.generator = _Named(address)
     return world, _Closer(source, server)
+
+
+def _published_encoder(config: SimConfig) -> str:
+    """For srm_format = user-encoder: a models folder (a temp dir, removed at exit) holding the SRM's user encoder
+    and its item vector table, published as `lsc4rec cloud publish` does; "" otherwise."""
+    if config.srm_format != "user-encoder" or not config.srm:
+        return ""
+    import atexit
+    import shutil
+    import tempfile
+
+    from cloud.registry import publish  # a cloud module: only this path needs it
+
+    folder = Path(tempfile.mkdtemp(prefix="lsc4rec-models-"))
+    atexit.register(shutil.rmtree, folder, True)
+    source = Path(config.srm) / "user-encoder"
+    publish(source if source.is_dir() else Path(config.srm), folder)
+    return str(folder)
 
 
 class _Named:

@@ -3,7 +3,8 @@
 An artifact of manifest kind "user-encoder" is one ONNX graph of one of three shapes (told by its input names):
 
 - recurrent (GRU4Rec): `state` (layers, 1, H) and `item_vector` (1, d) -> `next_state`, `user` (1, d). A new event
-  is one step from the previous state (the model's own recurrence: no window, nothing to slide).
+  is one step from the previous state (the model's own recurrence: no window, nothing to slide). The first state is
+  the one after a window of padding (zero vectors), where every training history starts.
 - cached (SASRec with rotary positions): `item_vector`, `position`, each block's `past_keys` / `past_values`
   (layers, H, T - 1, d/H) and `past_mask` -> `user`, the new item's `keys` / `values`. A new event computes only
   the newest position; the device keeps the keys and values of the last T - 1 items (exact: the model lets an item
@@ -60,6 +61,12 @@ class UserEncoder:
         self.recurrent = self.shape == "recurrent"
         self._state_shape = tuple(manifest.inputs[0].shape) if self.recurrent else None
         self._cache_shape = tuple(manifest.inputs[2].shape) if self.shape == "cached" else None
+        self._start = None
+        if self.recurrent:  # the state after a full window of padding (zero vectors), as training histories begin
+            start, zero = np.zeros(self._state_shape, dtype=np.float32), np.zeros(self.dim, dtype=np.float32)
+            for _ in range(self.history_length):
+                start = self._step(start, zero)[0]
+            self._start = start
 
     def new_state(self) -> "UserState":
         return UserState(self)
@@ -67,7 +74,7 @@ class UserEncoder:
     def initial(self):
         """The state before any item: an array (recurrent, window) or [keys, values, mask, next position]."""
         if self.recurrent:
-            return np.zeros(self._state_shape, dtype=np.float32)
+            return self._start.copy() if self._start is not None else np.zeros(self._state_shape, dtype=np.float32)
         if self.shape == "cached":
             return [np.zeros(self._cache_shape, dtype=np.float32), np.zeros(self._cache_shape, dtype=np.float32),
                     np.zeros(self._cache_shape[2], dtype=bool), 0]
@@ -76,6 +83,9 @@ class UserEncoder:
     def step(self, state, vector: np.ndarray):
         """(state, the new item's vector (d,)) -> (next state, user (d,), [log Z, log T] or None); raises
         LSC4RecError if the graph fails."""
+        return self._step(state, vector)
+
+    def _step(self, state, vector: np.ndarray):
         vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         try:
             if self.recurrent:
@@ -118,7 +128,7 @@ class UserEncoder:
                 raise LSC4RecError(f"user encoder failed: {exc}") from None
             return state, user[0], self._partition(rest)
         for vector in vectors:
-            state, user, partition = self.step(state, vector)
+            state, user, partition = self._step(state, vector)
         return state, user, partition
 
 

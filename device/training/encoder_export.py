@@ -9,8 +9,6 @@ for a recurrent model, incremental encoding change against the model's own full-
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,9 +18,9 @@ from torch import nn
 
 from device.runtime.encoder import PARTITION_OUTPUT, UserEncoder
 from device.training.artifacts import load_checkpoint
+from device.training.export import (PARITY_ATOL, AttentionOnHiddenStates, ExportError, _rewrite_onnx, check_parity,
+                                     example_inputs, staged_folder)
 from device.training.partition_head import PartitionHead, fit_partition_head
-from device.training.export import PARITY_ATOL, AttentionOnHiddenStates, ExportError, _rewrite_onnx, check_parity, example_inputs
-from shared.files import replace_dir
 from shared.manifest import new_version, sha256_file, write_manifest
 from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
 from shared.vector_table import VECTOR_TABLE_NAME, VectorTable
@@ -123,8 +121,10 @@ def _eager_user(model, vectors: np.ndarray) -> np.ndarray:
             window = torch.zeros(1, model.max_len, x.shape[1])
             window[0, model.max_len - len(x):] = x
             return model.user_from_vectors(window)[0].numpy()
-        if hasattr(model, "initial_state"):
+        if hasattr(model, "initial_state"):  # after a window of padding, as the device starts (encoder.py)
             state, user = model.initial_state(1), None
+            for _ in range(model.max_len):
+                state = model.step(torch.zeros(1, x.shape[1]), state)[1]
             for row in x:
                 user, state = model.step(row[None, :], state)
             return user[0].numpy()
@@ -142,9 +142,7 @@ def export_user_encoder(model, model_name: str, vocab_hash: str, out_dir: Path, 
         float_table = model.item_table().detach().float().numpy()
     except ValueError as exc:
         raise ExportError(str(exc)) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FORMAT}.tmp-", dir=out_dir))
-    try:
+    with staged_folder(out_dir, FORMAT) as tmp:
         program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=[s.name for s in in_specs],
                                     output_names=[s.name for s in out_specs], external_data=False, verbose=False,
                                     opset_version=23)
@@ -198,13 +196,4 @@ def export_user_encoder(model, model_name: str, vocab_hash: str, out_dir: Path, 
         manifest = ModelManifest(**{**manifest.__dict__, "metrics": {**manifest.metrics, **figures},
                                     "golden": golden})
         write_manifest(manifest, tmp)
-        tmp.chmod(0o755)
-        replace_dir(tmp, out_dir / FORMAT)
-    except ExportError:
-        raise
-    except Exception as exc:  # exporter/runtime failures become one typed error; nothing is left
-        raise ExportError(f"export to {FORMAT} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / FORMAT

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -246,10 +248,7 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
     config = config or default_config(model)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / fmt
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fmt}.tmp-", dir=out_dir))
-    try:
+    with staged_folder(out_dir, fmt) as tmp:
         wrapper = ScoringWrapper(model)
         file_name, parity, golden = _build(fmt, wrapper, model, tmp, config)
         bounds = {"max_batch": 1, "max_candidates": config.candidates_max} if fmt == "pte" else {}
@@ -264,8 +263,19 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
             created_at=datetime.now(timezone.utc).isoformat(), metrics={**(metrics or {}), **parity, **bounds},
             golden=golden, untrained_items=tuple(int(i) for i in untrained))
         write_manifest(manifest, tmp)
+    return out_dir / fmt
+
+
+@contextmanager
+def staged_folder(out_dir: Path, fmt: str) -> Iterator[Path]:
+    """A temp sibling of `out_dir/fmt` to write an export into, renamed into place when the block ends cleanly. On any
+    failure nothing is left, and an error other than ExportError becomes one ExportError naming the format."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fmt}.tmp-", dir=out_dir))
+    try:
+        yield tmp
         tmp.chmod(0o755)
-        replace_dir(tmp, final)
+        replace_dir(tmp, out_dir / fmt)
     except ExportError:
         raise
     except Exception as exc:  # exporter/runtime failures become one typed error; nothing is left
@@ -273,7 +283,6 @@ def export_one(model, model_name: str, vocab_hash: str, fmt: str, out_dir: Path,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def export_checkpoint(ckpt_path: str | Path, formats: tuple[str, ...], out_dir: str | Path,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +74,47 @@ def test_est_regret_runs_on_the_partition_head(trained, tmp_path):
 def test_settings_a_catalogue_free_device_cannot_have_are_refused(tiny_dir, extra, field):
     with pytest.raises(ConfigError, match=field):
         load_sim_config(None, small_overrides(tiny_dir, *extra))
+
+
+def test_grpc_replay_of_a_catalogue_free_device_equals_the_in_process_one(trained, tmp_path):
+    """Devices get their vectors from a real server that publishes the user encoder's table (as `simulate --mode grpc`
+    sets up when it starts one): every figure equals the in-process replay's, whose source adds the same rows."""
+    from cloud import server as server_mod
+    from simulator.models import popularity_generator
+    from simulator.run import _published_encoder
+
+    data, srm = trained
+    extra = ("srm_format='user-encoder'", "measure='miss-belief'", "matched_random=false", "device_only=false")
+    config = _config(data, srm, *extra)
+    local = simulate(config, tmp_path / "local", progress=False)
+    models = _published_encoder(config)
+    assert [p.name.split("-")[0] for p in Path(models).iterdir()] == ["onnx"]
+    world = load_world(config)
+    generator = popularity_generator(world.streams.cloud_seen, world.dataset.num_items)
+    server, port = server_mod.create_server(server_mod.ServerConfig(address="127.0.0.1:0"), generator, models)
+    try:
+        remote = simulate(_config(data, srm, *extra, "mode='grpc'", f"server='127.0.0.1:{port}'"), tmp_path / "remote",
+                          progress=False)
+    finally:
+        server.stop(0)
+    for a, b in zip(local["runs"], remote["runs"]):
+        assert (a["id"], a["ndcg@10"], a["requests"]) == (b["id"], b["ndcg@10"], b["requests"])
+        assert a["bytes_down_per_event"] == b["bytes_down_per_event"] > 0
+
+
+def test_the_shared_encoder_remembers_steps_and_gives_what_the_encoder_gives(trained):
+    from device.runtime.artifact import load_reranker
+    from simulator.models import SharedEncoder
+
+    _, srm = trained
+    encoder = load_reranker(srm / "user-encoder")
+    shared = SharedEncoder(encoder, keep=50)
+    rows = np.random.default_rng(0).normal(size=(40, encoder.dim)).astype(np.float32)
+    for _ in range(2):  # the second pass is all remembered
+        plain, memo = encoder.new_state(), shared.new_state()
+        plain.rebuild(rows[:8])
+        memo.rebuild(rows[:8])
+        for row in rows[8:]:
+            np.testing.assert_array_equal(plain.append(row), memo.append(row))
+            np.testing.assert_array_equal(plain.partition, memo.partition)
+    assert 0 < len(shared._stepped) <= 50
