@@ -5,9 +5,10 @@ figure here), one JSON line with:
 - cloud: the item vector table's bytes in memory and on disk, the server process's RSS growth when it loads it, and
   the time to look up one answer's rows (50 candidates + 1 missing history item);
 - wire: bytes of a request (history of 50 ids in 1..N) and of a response of 50 candidates with and without vectors;
-- device, catalogue-free (a SASRec user encoder; a GRU4Rec one beside it): the model file, the device process's
-  peak RSS, per-event p50 (re-rank 50 + fuse + decide, the consumed item's vector received with it) and one
-  incremental update alone, in a process pinned to one core that imports no torch;
+- device, catalogue-free (SASRec with rotary positions, the preset's: cached keys and values; SASRec with learned
+  positions: a window re-encoded per event; GRU4Rec: a recurrent step): the model file, the device process's peak
+  RSS, per-event p50 (re-rank 50 + fuse + decide, the consumed item's vector received with it) and one incremental
+  update alone, in a process pinned to one core that imports no torch;
 - device with the item table inside the model (today's "scorer" artifact) at the same N, as the baseline: its
   file size and, where exported, its per-event p50 and RSS (not exported at 1M: its table alone is 256 MB; that
   figure is computed and labelled so).
@@ -41,10 +42,12 @@ from device.training.models.gru4rec import GRU4Rec, GRU4RecConfig
 from device.training.models.sasrec import SASRec, SASRecConfig
 torch.manual_seed(0)
 n, out, scorer = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
-sas = SASRec(SASRecConfig(num_items=n, max_len=50)).eval()
+sas = SASRec(SASRecConfig(num_items=n, max_len=50, positions="rotary")).eval()  # the sasrec preset's positions
 export_user_encoder(sas, "sasrec", "standin", out / "sasrec")
 if scorer:
     export_one(sas, "sasrec", "standin", "onnx", out / "sasrec")
+learned = SASRec(SASRecConfig(num_items=n, max_len=50)).eval()
+export_user_encoder(learned, "sasrec", "standin", out / "sasrec-learned")
 export_user_encoder(GRU4Rec(GRU4RecConfig(num_items=n, max_len=50)).eval(), "gru4rec", "standin", out / "gru4rec")
 """
 
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             figures = {"num_items": n, "cloud_table_bytes": int(table.values.nbytes + table.scales.nbytes),
                        "cloud_table_file_bytes": table_path.stat().st_size,
                        "cloud_rss_growth_mb": cloud["rss_growth_mb"], **_wire(table, n, rng)}
-            for name in ("sasrec", "gru4rec"):
+            for name in ("sasrec", "sasrec-learned", "gru4rec"):
                 folder = out / name / "user-encoder"
                 dev = device_figures(folder, args.events, args.cpu, measure="miss-belief", catalogue=n)
                 figures.update({f"{name}_model_bytes": (folder / "encoder.onnx").stat().st_size,

@@ -356,9 +356,15 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss, which a process started from a larger
+    one (fork + exec) inherits from its parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
 
 
 def bench_main(args: argparse.Namespace) -> int:
