@@ -97,7 +97,7 @@ def test_device_run_refuses_old_and_unknown_spellings_with_exit_2(onnx_dir, tmp_
 
 def test_device_run_defaults_are_what_the_demo_runs():
     """`device run` without options fuses and requests as `make demo` does (the measured best, docs/results.md)."""
-    from device.runtime.cli import BEST_FUSION, BEST_MEASURE, BEST_POLICY
+    from device.runtime.cli import BEST_FUSION, BEST_POLICY, FREE_MEASURE
     from device.runtime.policies import parse_policy
     from simulator.cli import build_parser
     from simulator.config import load_sim_config
@@ -105,13 +105,14 @@ def test_device_run_defaults_are_what_the_demo_runs():
 
     demo = load_sim_config("demo")
     assert fusion_config("fusion", demo.alpha, demo.srm_norm, demo.llm_norm) == BEST_FUSION
-    assert demo.measure == BEST_MEASURE and demo.budget_mode == "adaptive"
+    # the demo's device is catalogue-free; `device run` picks est-regret for such a model (regret for one with its table)
+    assert demo.srm_format == "user-encoder" and demo.measure == FREE_MEASURE and demo.budget_mode == "adaptive"
     policy = parse_policy(BEST_POLICY)
     assert policy.name in demo.policies and policy.rate in demo.budgets
     args = build_parser().parse_args(["device", "run", "--server", "s", "--model", "m", "--user", "u", "--events", "e"])
     assert (args.fusion, args.alpha, args.llm_norm, args.srm_norm) == (
         BEST_FUSION.rule, BEST_FUSION.alpha, BEST_FUSION.llm_norm, BEST_FUSION.srm_norm)
-    assert (args.measure, args.policy, args.data) == (BEST_MEASURE, BEST_POLICY, None)
+    assert (args.measure, args.policy, args.data) == (None, BEST_POLICY, None)
 
 
 def test_device_bench_needs_a_model(capsys):

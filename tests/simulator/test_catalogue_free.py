@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device.runtime.encoder import UserEncoder
 from shared.errors import ConfigError
 from simulator.cli import main
 from simulator.config import load_sim_config
@@ -41,7 +42,7 @@ def test_the_devices_hold_no_catalogue_and_score_like_the_model_with_one(trained
     capsys.readouterr()
     free_cfg = _config(data, srm, "srm_format='user-encoder'", "measure='miss-belief'")
     world = load_world(free_cfg)
-    assert type(world.device).__name__ == "UserEncoder" and world.vectors is not None
+    assert isinstance(world.device, UserEncoder) and world.vectors is not None  # (a SharedEncoder)
     replay_sessions = __import__("simulator.experiments", fromlist=["make_replay"]).make_replay(world, progress=False)
     initial = replay_sessions.initial_lists()
     assert all(r.vectors is not None and len(r.vectors.item_ids) >= len(r.candidates) for r in initial)
