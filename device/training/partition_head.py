@@ -22,7 +22,7 @@ TOP_K = 10  # the slate size the regret is defined for (the simulator's and the 
 class PartitionHead(nn.Module):
     """u (B, d) -> (B, 2): [log Z, log T] (a 2-layer MLP on standardised targets)."""
 
-    def __init__(self, dim: int, width: int = 128):
+    def __init__(self, dim: int, width: int = 256):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, 2))
         self.register_buffer("mean", torch.zeros(2))
@@ -32,7 +32,7 @@ class PartitionHead(nn.Module):
         return self.net(user) * self.std + self.mean
 
 
-def training_histories(sequences, max_len: int, holdout: int = 20, per_user: int = 12,
+def training_histories(sequences, max_len: int, holdout: int = 20, per_user: int = 48,
                        seed: int = 0) -> list[np.ndarray]:
     """Up to `per_user` random prefixes (the last max_len items of each) per user, all ending before the user's last
     `holdout` interactions."""
@@ -64,7 +64,7 @@ def targets(model, histories: list[np.ndarray], k: int = TOP_K, batch: int = 512
     return torch.cat(users), torch.cat(out)
 
 
-def fit_partition_head(model, sequences, seed: int = 0, epochs: int = 60, holdout: int = 20) -> tuple[PartitionHead, dict]:
+def fit_partition_head(model, sequences, seed: int = 0, epochs: int = 100, holdout: int = 20) -> tuple[PartitionHead, dict]:
     """Fit the head on 80% of the prefixes; returns it and its held-out R^2 and RMSE for log Z and log T."""
     torch.manual_seed(seed)
     users, y = targets(model, training_histories(sequences, model.max_len, holdout, seed=seed))
