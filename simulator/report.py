@@ -148,6 +148,9 @@ def _bar_lines(bars: dict) -> list[str]:
     for key, text in names.items():
         bar = bars.get(key, {"met": None, "figures": {}})
         verdict = {True: "**MET**", False: "**NOT MET**", None: "not measured in this run"}[bar["met"]]
+        weak = [k for k, v in bar.get("paired", {}).items() if v and v["ci95"][0] <= 0]
+        if bar["met"] and weak:  # met on the means; say where the paired interval does not exclude 0
+            verdict += f" on the means, not significant vs {', '.join(weak)} (paired interval includes 0)"
         figs = ", ".join(f"{k}: " + (", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items()) if isinstance(v, dict)
                                      else _fmt(v)) for k, v in bar["figures"].items())
         lines.append(f"- {text}: {verdict}. {figs}")
