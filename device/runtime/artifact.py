@@ -163,7 +163,7 @@ class ModelHolder:
         with self._lock:
             current = self._current.manifest
             try:
-                manifest, newer = client.latest_manifest(current.format, current.version)
+                manifest, newer = client.latest_manifest(current.format, current.version, kind=current.kind)
                 if not newer or manifest.version == current.version:
                     return UpdateResult("current", current.version)
                 folder = Path(client.download(manifest, download_root or self._root))

@@ -137,14 +137,10 @@ def run_main(args: argparse.Namespace) -> int:
 
     events = read_events(args.events)
     model = load_reranker(args.model, args.vocab_hash, args.backend)
-    if isinstance(model, UserEncoder):  # catalogue-free: the cloud sends item vectors; no model updates yet
-        if args.check_update:
-            raise InvalidArgumentError("--check-update", True, "a catalogue-free (user-encoder) model is not updated "
-                                                               "from the cloud yet")
-        holder = model
+    holder = ModelHolder(model, args.updates_dir or args.model.parent / "updates", backend=args.backend)
+    if isinstance(model, UserEncoder):  # catalogue-free: the cloud sends item vectors
         measure = args.measure or (FREE_MEASURE if model.has_partition else FREE_MEASURE_NO_HEAD)
     else:
-        holder = ModelHolder(model, args.updates_dir or args.model.parent / "updates", backend=args.backend)
         measure = args.measure or BEST_MEASURE
     titles = (read_titles(args.data, holder.manifest.num_items, holder.manifest.vocab_hash)  # may know more items
               if args.data else None)

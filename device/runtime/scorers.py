@@ -27,7 +27,7 @@ from shared.wire import MAX_MISSING_VECTORS
 class SessionScorer(Protocol):
     catalogue_free: bool
 
-    def on_item(self, item: int) -> None: ...  # the history grew by `item`
+    def on_item(self, item: int) -> bool: ...  # the history grew by `item`; True: the model changed (ask for a list)
 
     def known(self, items: np.ndarray) -> np.ndarray: ...  # (n,) bool: the items it can score
 
@@ -55,12 +55,13 @@ class IdScorer:
         self._view = [i for i in history if i <= self.num_items]  # the history without items beyond the catalogue
         self._window = pad_left([self._view], reranker.history_length)
 
-    def on_item(self, item: int) -> None:
+    def on_item(self, item: int) -> bool:
         if item <= self.num_items:  # an item beyond the SRM's catalogue stays out of its view
             self._view.append(item)
             window = self._window
             window[0, :-1] = window[0, 1:]
             window[0, -1] = item
+        return False
 
     def known(self, items: np.ndarray) -> np.ndarray:
         return items <= self.num_items
@@ -91,21 +92,32 @@ class IdScorer:
 
 
 class VectorScorer:
-    """A "user-encoder" artifact: the catalogue-free device (module docstring)."""
+    """A "user-encoder" artifact: the catalogue-free device (module docstring). `model` is the encoder, or a
+    device.runtime.ModelHolder of one: a newer version swapped in there is taken at the next event, with an empty
+    cache (vectors belong to one version) and every window item missing, so the next request asks for them."""
 
     catalogue_free = True
 
-    def __init__(self, encoder: UserEncoder, history: list[int], cache_capacity: int = 4096):
+    def __init__(self, model, history: list[int], cache_capacity: int = 4096):
+        self._model, self._capacity = model, cache_capacity
+        self._recent = list(history)
+        self._use(getattr(model, "current", model))
+
+    def _use(self, encoder: UserEncoder) -> None:
         self.encoder = encoder
         self.num_items = encoder.manifest.num_items  # the trained table's size (new items have no vector)
-        self.cache = VectorCache(encoder.dim, encoder.manifest.version, cache_capacity)
+        self.cache = VectorCache(encoder.dim, encoder.manifest.version, self._capacity)
         self.state = encoder.new_state()
-        self._recent = list(history[-encoder.history_length:])  # the model's window of ids
+        self._recent = self._recent[-encoder.history_length:]  # the model's window of ids
         self._missing: set[int] = set(self._recent)  # window items whose vectors the state lacks
         self._rows_for: tuple[np.ndarray, np.ndarray] | None = None  # (items, their vectors) of the last call
         self._failed = False
 
-    def on_item(self, item: int) -> None:
+    def on_item(self, item: int) -> bool:
+        current = getattr(self._model, "current", self.encoder)
+        swapped = current is not self.encoder
+        if swapped:
+            self._use(current)
         self._recent.append(item)
         if len(self._recent) > self.encoder.history_length:
             gone = self._recent.pop(0)
@@ -114,12 +126,13 @@ class VectorScorer:
         vector = self.cache.get(item)
         if vector is None:
             self._missing.add(item)
-            return
+            return swapped
         try:
             self.state.append(vector)
             self._failed = False
         except LSC4RecError:
             self._failed = True
+        return swapped
 
     def known(self, items: np.ndarray) -> np.ndarray:
         return np.fromiter((int(i) in self.cache for i in items), dtype=bool, count=len(items))
@@ -167,7 +180,7 @@ class VectorScorer:
 
 
 def session_scorer(reranker, history: list[int], cache_capacity: int = 4096) -> SessionScorer:
-    """The scorer for a model: a VectorScorer for a user encoder, an IdScorer otherwise."""
-    if isinstance(reranker, UserEncoder):
+    """The scorer for a model: a VectorScorer for a user encoder (or a ModelHolder of one), an IdScorer otherwise."""
+    if isinstance(getattr(reranker, "current", reranker), UserEncoder):
         return VectorScorer(reranker, history, cache_capacity)
     return IdScorer(reranker, history)

@@ -167,7 +167,9 @@ class DeviceSession:
         self._consumed.add(item)
         if self._catalogue is not None and item <= self.num_items:
             self._showable[item] = False
-        self._srm.on_item(item)
+        if self._srm.on_item(item):  # a new model version: the cached list's vectors are of the old one
+            self._wants = True
+            self._alive_changed()
         slot = self._slot_of.get(item)
         if self._measure.needs_context:  # only a context measure reads them (they grow until the next list)
             self._since.append(item)

@@ -222,3 +222,36 @@ def test_server_sends_vectors_of_the_named_version(exported, tmp_path):
         client.close()
     finally:
         server.stop(0)
+
+
+def test_a_new_encoder_version_from_the_cloud_is_taken_with_its_own_vectors(tmp_path):
+    """ModelHolder updates a catalogue-free device too: the next event drops the old version's vectors, asks for a
+    fresh list with the window's vectors of the new version, and scores with them."""
+    from device.runtime.artifact import ModelHolder
+
+    models = tmp_path / "models"
+    first = export_user_encoder(_model("sasrec"), "sasrec", "vocab-test", tmp_path / "v1")
+    torch.manual_seed(11)
+    other = SASRec(SASRecConfig(num_items=N, max_len=T, hidden=D, heads=2, inner=32)).eval()
+    second = export_user_encoder(other, "sasrec", "vocab-test", tmp_path / "v2")
+    publish(first, models)
+    generator = PopularityGenerator.from_sequences([np.arange(1, N + 1)], N)
+    server, port = create_server(ServerConfig(address="127.0.0.1:0"), generator, models)
+    try:
+        client = CloudClient(ClientConfig(address=f"127.0.0.1:{port}"))
+        holder = ModelHolder(load_reranker(first), tmp_path / "updates")
+        session = DeviceSession(SessionConfig(measure="miss-belief", num_candidates=30, slate_size=5), holder,
+                                parse_policy("never"), lambda: 0.0, source=client, history=tuple(range(1, 9)))
+        assert session.refresh() == (True, "")
+        old = holder.manifest.version
+        assert holder.update_from_cloud(client).status == "current"
+        publish(second, models)
+        update = holder.update_from_cloud(client)
+        assert update.status == "updated" and holder.manifest.version != old
+        result = session.on_event(60)
+        assert result.requested and result.request_ok, result.note
+        assert session._srm.encoder is holder.current and session._srm.cache.model_version == update.version
+        assert session.slate().mode == "fusion"
+        client.close()
+    finally:
+        server.stop(0)

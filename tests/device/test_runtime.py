@@ -165,7 +165,7 @@ class _FakeClient:
 
         self.folder, self.vocab_hash, self.shutil = folder, vocab_hash, shutil
 
-    def latest_manifest(self, fmt, current_version):
+    def latest_manifest(self, fmt, current_version, kind="scorer"):
         manifest = read_manifest(self.folder)
         if self.vocab_hash:
             manifest = dataclasses.replace(manifest, vocab_hash=self.vocab_hash)
