@@ -90,12 +90,13 @@ class ModelRegistry:
             raise NotFoundError(f"format = {fmt.value!r}, kind = {kind or 'scorer'!r}: no such artifact is published")
         return found
 
-    def vector_table(self, version: str) -> Path:
-        """The item vector table published with a user-encoder version (verified when its table is loaded)."""
+    def vector_table(self, version: str) -> tuple[Path, str]:
+        """The item vector table published with a user-encoder version and its manifest's sha256 (checked when the
+        table is loaded)."""
         published = self.find(version, ModelFormat.ONNX)
         if published.manifest.kind != "user-encoder":
             raise NotFoundError(f"version = {version!r}: a {published.manifest.kind}, which has no vector table")
-        return published.path.parent / VECTOR_TABLE_NAME
+        return published.path.parent / VECTOR_TABLE_NAME, published.manifest.vector_table_sha256
 
     def find(self, version: str, fmt: ModelFormat) -> Published:
         """A published, verified artifact by version (it may be older than the newest)."""

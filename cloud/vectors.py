@@ -12,7 +12,6 @@ from collections import OrderedDict
 
 from cloud.registry import ModelRegistry
 from shared.errors import InvalidArgumentError, LSC4RecError
-from shared.records import ModelFormat
 from shared.vector_table import VectorTable
 
 
@@ -39,9 +38,8 @@ class VectorTables:
         if table is not None:
             return table
         try:
-            path = self.registry.vector_table(version)
-            manifest = self.registry.find(version, ModelFormat.ONNX).manifest
-            table = VectorTable.load(path, version, manifest.vector_table_sha256)
+            path, sha256 = self.registry.vector_table(version)
+            table = VectorTable.load(path, version, sha256)
         except (LSC4RecError, OSError) as exc:
             raise InvalidArgumentError("device_model_version", version,
                                        f"no item vectors can be sent for it ({exc})") from None

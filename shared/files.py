@@ -1,13 +1,14 @@
 """Filesystem helpers: files and folders appear whole and verified, or not at all.
 
-- `download_verified`: the one routine for fetched bytes (a cloud download, a wheel, a member of one): written to a
-  temp file in the target folder, checked against its sha256, renamed into place; on failure nothing is left.
+- `write_atomic`: the one routine for a file that must appear whole (a temp file in the target folder, renamed into
+  place; on failure nothing is left); it returns the file's sha256.
+- `download_verified`: `write_atomic` for fetched bytes (a cloud download, a wheel, a member of one), which are put
+  in place only if their sha256 is the expected one.
 - `staged_dir`: a folder built under a temp name beside its final one and renamed there when complete.
 - `replace_dir`: put a finished folder in place of an old one, so that readers never see a half-written one.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -16,43 +17,37 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from shared.errors import ChecksumError
-
-
-class _HashingWriter:
-    """A binary file handle that hashes (sha256) what goes through `write`."""
-
-    def __init__(self, handle: BinaryIO):
-        self._handle = handle
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self._handle.write(data)
+from shared.manifest import sha256_file
 
 
 def download_verified(dest: str | Path, sha256: str, write: Callable[[BinaryIO], object]) -> Path:
     """Put the bytes that `write(handle)` writes at `dest`, only if their sha256 is `sha256`.
 
-    They go to a temp file in dest's folder (hashed on the way), and only a match is renamed to `dest` (atomic on
-    one filesystem). When `write` raises, or the sha256 differs (ChecksumError naming dest, expected and actual),
+    They go to a temp file in dest's folder, and only a match is renamed to `dest` (atomic on one filesystem). When `write` raises, or the sha256 differs (ChecksumError naming dest, expected and actual),
     the temp file is deleted and `dest` is untouched.
     """
+    write_atomic(dest, write, sha256)
+    return Path(dest)
+
+
+def write_atomic(dest: str | Path, write: Callable[[BinaryIO], object], sha256: str | None = None) -> str:
+    """Put the bytes that `write(handle)` writes at `dest` whole or not at all (a temp file in dest's folder, renamed
+    when complete); returns their hex sha256. With `sha256`, only bytes that match it are put there (ChecksumError)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            hashing = _HashingWriter(handle)
-            write(hashing)
-        actual = hashing.digest.hexdigest()
-        if actual != sha256:
+        with os.fdopen(fd, "wb") as handle:  # a real file: a writer may seek (np.savez's zip does)
+            write(handle)
+        actual = sha256_file(tmp)
+        if sha256 is not None and actual != sha256:
             raise ChecksumError(dest, sha256, actual)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return dest
+    return actual
 
 
 @contextmanager

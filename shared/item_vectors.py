@@ -6,7 +6,6 @@ dataset's catalogue so that vectors of another catalogue are never used by row n
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -14,13 +13,14 @@ import numpy as np
 
 from shared.data.dataset import Dataset
 from shared.errors import CatalogMismatchError, DataFormatError, InvalidArgumentError
+from shared.files import write_atomic
 
 REQUIRED_META = ("vocab_hash", "num_items")
 
 
 def save_item_vectors(path: str | Path, vectors: np.ndarray, meta: dict, **extra: np.ndarray) -> Path:
     """Write `vectors` (N, d), `meta` (needs vocab_hash and num_items = N) and any `extra` arrays (e.g. the
-    whitening that new items need) atomically: temp file, os.replace."""
+    whitening that new items need) atomically (shared.files.write_atomic)."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
         raise InvalidArgumentError("vectors", f"{vectors.dtype} {vectors.shape}", "must be a 2-d float array (N, d)")
@@ -30,14 +30,9 @@ def save_item_vectors(path: str | Path, vectors: np.ndarray, meta: dict, **extra
     if int(meta["num_items"]) != len(vectors):
         raise InvalidArgumentError("meta.num_items", meta["num_items"], f"but vectors has {len(vectors)} rows")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:  # a handle: np.savez would append .npz to a name
-            np.savez(handle, vectors=vectors, meta=np.asarray(json.dumps(meta, sort_keys=True)), **extra)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # a handle: np.savez would append .npz to a name
+    write_atomic(path, lambda handle: np.savez(handle, vectors=vectors, meta=np.asarray(json.dumps(meta, sort_keys=True)),
+                                               **extra))
     return path
 
 

@@ -11,14 +11,13 @@ component is off by at most s / 2. About d + 6 bytes per item on the wire (d = 6
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.errors import InvalidArgumentError
+from shared.files import write_atomic
 from shared.manifest import sha256_file
 
 VECTOR_TABLE_NAME = "item_vectors.npz"
@@ -109,18 +108,8 @@ class VectorTable:
 
     def save(self, path: str | Path) -> str:
         """Write the .npz atomically; returns its sha256 (the manifest's vector_table_sha256)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, values=self.values, scales=self.scales,
-                         meta=np.array(json.dumps({"vocab_hash": self.vocab_hash})))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return sha256_file(path)
+        return write_atomic(path, lambda handle: np.savez(handle, values=self.values, scales=self.scales,
+                                                          meta=np.array(json.dumps({"vocab_hash": self.vocab_hash}))))
 
     @classmethod
     def load(cls, path: str | Path, model_version: str, sha256: str | None = None) -> "VectorTable":

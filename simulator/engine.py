@@ -1,6 +1,7 @@
 """Protocol B replay on a virtual clock: one simulated device per user, events in global time order."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -120,14 +121,13 @@ class Replay:
 
     def initial_lists(self) -> list:
         """What the cloud generated from the history it last saw (before the sessions start)."""
-        free = {}
-        if self.vectors is not None:  # a device that has been running holds its recent history's vectors
-            length = self.device.history_length
-            free = {"with_vectors": True, "device_model_version": self.device.manifest.version}
         reqs = [CandidateRequest(str(int(u)), tuple(int(i) for i in h[-MAX_REQUEST_HISTORY:]), self.n,
-                                 request_id=f"{int(u)}-init", **free,
-                                 missing_vectors=tuple(dict.fromkeys(int(i) for i in past[-length:])) if free else ())
-                for u, h, past in zip(self.s.users, self.s.cloud_seen, self.s.past)]
+                                 request_id=f"{int(u)}-init") for u, h in zip(self.s.users, self.s.cloud_seen)]
+        if self.vectors is not None:  # a device that has been running holds its recent history's vectors
+            window, version = self.device.history_length, self.device.manifest.version
+            reqs = [dataclasses.replace(r, with_vectors=True, device_model_version=version,
+                                        missing_vectors=tuple(dict.fromkeys(int(i) for i in past[-window:])))
+                    for r, past in zip(reqs, self.s.past)]
         return self.source.fetch(reqs)
 
     def sessions(self, policy: Policy, fusion: str, initial: list) -> list:

@@ -254,7 +254,7 @@ def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, his
     figures = {"events": events, "num_candidates": num_candidates, "request_rate": wanted / events, "policy": policy,
                "measure": measure,
                "model": reranker.manifest.model_name, "model_version": reranker.manifest.version,
-               "rss_mb": _rss_mb(), "peak_rss_mb": _peak_rss_mb(), "torch_loaded": "torch" in sys.modules,
+               "rss_mb": _status_mb("VmRSS"), "peak_rss_mb": _status_mb("VmHWM"), "torch_loaded": "torch" in sys.modules,
                "onnxruntime": getattr(sys.modules.get("onnxruntime"), "__version__", None)}
     for name, samples in (("event", event_us), ("event_cpu", event_cpu_us), ("overhead", overhead_us),
                           ("overhead_cpu", overhead_cpu_us), ("srm", srm_us)):
@@ -341,22 +341,12 @@ class _StandInVectors:
         return ItemVectors(self.version, self.dim, ids, values, np.full(len(ids), 0.01, dtype=np.float32))
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: the peak; not getrusage's
+    ru_maxrss, which a process started from a larger one, fork + exec, inherits from its parent); NaN elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss, which a process started from a larger
-    one (fork + exec) inherits from its parent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass

@@ -58,7 +58,6 @@ class UserEncoder:
         self.manifest, self.dim, self.history_length = manifest, manifest.vector_dim, manifest.history_length
         self.shape = SHAPES[names]
         self.has_partition = manifest.outputs[-1].name == PARTITION_OUTPUT
-        self.recurrent = self.shape == "recurrent"
         self._state_shape = tuple(manifest.inputs[0].shape) if self.recurrent else None
         self._cache_shape = tuple(manifest.inputs[2].shape) if self.shape == "cached" else None
         self._start = None
@@ -67,6 +66,10 @@ class UserEncoder:
             for _ in range(self.history_length):
                 start = self._step(start, zero)[0]
             self._start = start
+
+    @property
+    def recurrent(self) -> bool:
+        return self.shape == "recurrent"
 
     def new_state(self) -> "UserState":
         return UserState(self)

@@ -20,7 +20,7 @@ from device.runtime.encoder import UserEncoder
 from device.runtime.vectors import VectorCache
 from shared.errors import LSC4RecError
 from shared.sequences import pad_left
-from shared.vector_table import ItemVectors
+from shared.vector_table import ItemVectors, VectorError
 from shared.wire import MAX_MISSING_VECTORS
 
 
@@ -105,7 +105,6 @@ class VectorScorer:
 
     def _use(self, encoder: UserEncoder) -> None:
         self.encoder = encoder
-        self.num_items = encoder.manifest.num_items  # the trained table's size (new items have no vector)
         self.cache = VectorCache(encoder.dim, encoder.manifest.version, self._capacity)
         self.state = encoder.new_state()
         self._recent = self._recent[-encoder.history_length:]  # the model's window of ids
@@ -162,10 +161,10 @@ class VectorScorer:
         return {"with_vectors": True, "missing_vectors": tuple(dict.fromkeys(missing))[-MAX_MISSING_VECTORS:]}
 
     def receive(self, vectors: ItemVectors | None) -> None:
-        """Keep the cloud's vectors (checked first; VectorError leaves cache and state as they were) and rebuild
-        the state when a missing history item's vector has come."""
+        """Keep the cloud's vectors (checked first; VectorError leaves cache and state as they were, and so does an
+        answer without vectors) and rebuild the state when a missing history item's vector has come."""
         if vectors is None:
-            return
+            raise VectorError("vectors", None, "a catalogue-free device asked for item vectors; the answer has none")
         self.cache.put(vectors)  # an id's row never changes within a model version: the pool's rows stay valid
         found = self._missing.intersection(vectors.item_ids.tolist())
         if found or self.state.user is None:

@@ -46,7 +46,6 @@ from device.runtime.scorers import session_scorer
 from shared.config import check
 from shared.errors import InvalidArgumentError, LSC4RecError, UnknownItemError
 from shared.records import CandidateRequest, CandidateResponse
-from shared.vector_table import VectorError
 from shared.wire import check_items
 
 
@@ -258,8 +257,6 @@ class DeviceSession:
         """Validate and cache a fresh list; a bad list is recorded as a failure, then raised as a typed error."""
         try:
             items, scores = self._validate(response)
-            if self._srm.catalogue_free and response.vectors is None:
-                raise VectorError("vectors", None, "a catalogue-free device asked for item vectors; the answer has none")
             self._srm.receive(response.vectors)  # checked first: vectors of another model version are refused
         except LSC4RecError as exc:
             self.report_failure(exc)

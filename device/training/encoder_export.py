@@ -23,7 +23,7 @@ from device.training.export import (PARITY_ATOL, AttentionOnHiddenStates, Export
 from device.training.partition_head import PartitionHead, fit_partition_head
 from shared.manifest import new_version, sha256_file, write_manifest
 from shared.records import GoldenExample, ModelFormat, ModelManifest, TensorSpec
-from shared.vector_table import VECTOR_TABLE_NAME, VectorTable
+from shared.vector_table import VECTOR_TABLE_NAME, VectorTable, dequantise
 
 FORMAT = "user-encoder"
 FILE_NAME = "encoder.onnx"
@@ -67,14 +67,25 @@ def _graph(model, head: PartitionHead | None = None) -> tuple[nn.Module, tuple, 
     return wrapper, inputs, in_specs, out_specs
 
 
+def encoder_shape(model) -> str | None:
+    """Which graph a model's user encoder exports as (device/runtime/encoder.py): "recurrent" (a model with its own
+    state, GRU4Rec), "cached" (rotary SASRec: keys and values kept per block), "window", or None (no user vector)."""
+    if hasattr(model, "initial_state"):
+        return "recurrent"
+    if not hasattr(model, "user_from_vectors"):
+        return None
+    return "cached" if getattr(model.config, "positions", None) == "rotary" else "window"
+
+
 def _shape(model, head):
     d = model.item_table().shape[1]
-    if hasattr(model, "initial_state"):  # recurrent: the state is the model's own
+    shape = encoder_shape(model)
+    if shape == "recurrent":
         state = model.initial_state(1)
         return (_Step(model, head), (state, torch.zeros(1, d)),
                 (TensorSpec("state", "float32", tuple(state.shape)), TensorSpec("item_vector", "float32", (1, d))),
                 (TensorSpec("next_state", "float32", tuple(state.shape)), TensorSpec("user", "float32", (1, d))))
-    if getattr(getattr(model, "config", None), "positions", None) == "rotary":  # keys and values kept per block
+    if shape == "cached":
         c = model.config
         cache = (c.layers, c.heads, c.max_len - 1, c.hidden // c.heads)
         inputs = (torch.zeros(1, d), torch.zeros(1, dtype=torch.int64), torch.zeros(cache), torch.zeros(cache),
@@ -86,7 +97,7 @@ def _shape(model, head):
                  TensorSpec("past_mask", "bool", (c.max_len - 1,))),
                 (TensorSpec("user", "float32", (1, d)), TensorSpec("keys", "float32", new),
                  TensorSpec("values", "float32", new)))
-    if hasattr(model, "user_from_vectors"):
+    if shape == "window":
         return (_Window(model, head), (torch.zeros(1, model.max_len, d),),
                 (TensorSpec("history_vectors", "float32", (1, model.max_len, d)),),
                 (TensorSpec("user", "float32", (1, d)),))
@@ -96,8 +107,7 @@ def _shape(model, head):
 
 def has_user_encoder(model) -> bool:
     """The model scores by user vector . item vector with one item table (what a catalogue-free device needs)."""
-    return (hasattr(model, "initial_state") or hasattr(model, "user_from_vectors")) and \
-        getattr(model, "out_emb", None) is None
+    return encoder_shape(model) is not None and getattr(model, "out_emb", None) is None
 
 
 def export_encoder_checkpoint(ckpt_path: str | Path, out_dir: str | Path, seed: int = 0, dataset=None) -> Path:
@@ -117,11 +127,7 @@ def _eager_user(model, vectors: np.ndarray) -> np.ndarray:
     """The user vector eager PyTorch computes from a history's vectors (n, d), as the exported graph does."""
     with torch.no_grad():
         x = torch.from_numpy(vectors[-model.max_len:])
-        if getattr(getattr(model, "config", None), "positions", None) == "rotary":  # encode's window, all at once
-            window = torch.zeros(1, model.max_len, x.shape[1])
-            window[0, model.max_len - len(x):] = x
-            return model.user_from_vectors(window)[0].numpy()
-        if hasattr(model, "initial_state"):  # after a window of padding, as the device starts (encoder.py)
+        if encoder_shape(model) == "recurrent":  # after a window of padding, as the device starts (encoder.py)
             state, user = model.initial_state(1), None
             for _ in range(model.max_len):
                 state = model.step(torch.zeros(1, x.shape[1]), state)[1]
@@ -150,7 +156,7 @@ def export_user_encoder(model, model_name: str, vocab_hash: str, out_dir: Path, 
         program.save(str(tmp / FILE_NAME))
         table = VectorTable.from_floats(float_table, vocab_hash)
         table_sha = table.save(tmp / VECTOR_TABLE_NAME)
-        vectors = table.values.astype(np.float32) * table.scales[:, None]  # what devices receive, dequantised
+        vectors = dequantise(table.values, table.scales)  # what devices receive
         sha = sha256_file(tmp / FILE_NAME)
         d = vectors.shape[1]
         manifest = ModelManifest(
@@ -177,7 +183,7 @@ def export_user_encoder(model, model_name: str, vocab_hash: str, out_dir: Path, 
             fresh = ~np.isin(cands, real)  # a device never scores a consumed item (the history bias's only use)
             mine = vectors[cands[fresh]] @ user
             scale = max(float(np.abs(own[fresh]).max()), 1e-6)
-            (incremental if isinstance(wrapper, _Step) else quant).append(float(np.abs(mine - own[fresh]).max()) / scale)
+            (incremental if encoder_shape(model) == "recurrent" else quant).append(float(np.abs(mine - own[fresh]).max()) / scale)
         rng = np.random.default_rng(seed)
         g_hist = rng.integers(1, model.num_items + 1, GOLDEN_HISTORY)
         g_cands = rng.integers(1, model.num_items + 1, GOLDEN_CANDIDATES)
