@@ -1,8 +1,10 @@
 """Export an SRM checkpoint to ONNX (fp32, int8) and ExecuTorch/XNNPACK, each folder with a manifest.
 
-Every format comes from the one wrapper below around the one model definition. A folder is written
-to a temporary sibling first, checked for parity against eager PyTorch, given its manifest, and only
-then renamed into place: a failed parity check or a failed write leaves no partial artifact.
+Every format comes from the one wrapper below around the one model definition: ONNX from the model's
+`forward`, ExecuTorch from its `for_executorch()` form (the same scores in operators XNNPACK delegates).
+A folder is written to a temporary sibling first, checked for parity against eager PyTorch (`forward`),
+given its manifest, and only then renamed into place: a failed parity check or a failed write leaves no
+partial artifact.
 """
 from __future__ import annotations
 
@@ -179,14 +181,19 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def write_pte(wrapper: ScoringWrapper, inputs, path: Path, config: ExportConfig) -> None:
-    """torch.export -> edge dialect lowered to XNNPACK -> ExecuTorch program."""
-    # executorch is optional and heavy: only this format imports it
+    """torch.export (the scorer's inputs, its dynamic candidate axis) -> `lower_pte`. `wrapper` holds the model's
+    `for_executorch()` form: each operator XNNPACK does not take runs outside it and splits the delegate."""
+    lower_pte(torch.export.export(wrapper, inputs, dynamic_shapes=_dynamic_shapes(config, "pte")), path)
+
+
+def lower_pte(exported, path: Path) -> None:
+    """A torch.export program -> edge dialect lowered to XNNPACK -> the ExecuTorch program at `path`."""
+    # executorch is optional and heavy: only the .pte formats import it
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
-    exported = torch.export.export(wrapper, inputs, dynamic_shapes=_dynamic_shapes(config, "pte"))
-    # Plan memory for the declared upper bounds, not the example's sizes (the default would fix them).
+    # Plan memory for the declared upper bounds of dynamic axes, not the example's sizes (the default would fix them).
     backend = ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch(backend)
     path.write_bytes(program.buffer)
@@ -217,7 +224,7 @@ def _build(fmt: str, wrapper, model, folder: Path, config: ExportConfig) -> tupl
         expected = [wrapper(h, c).numpy() for h, c in checks]
     if fmt == "pte":
         file_name = "model.pte"
-        write_pte(wrapper, inputs, folder / file_name, config)
+        write_pte(ScoringWrapper(model.for_executorch()), inputs, folder / file_name, config)
         run, tol = pte_runner(folder / file_name), PARITY_ATOL
     else:
         file_name = "model.onnx"

@@ -150,3 +150,40 @@ def test_default_ml100k_models_fit_in_two_megabytes(name):
     model = build_model(name, {"num_items": 1682})
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     assert size <= 2_000_000, size
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("sasrec", {}), ("sasrec", {"positions": "rotary", "history_bias": True}),
+    ("sasrec", {"tied_output": False, "layers": 3, "heads": 4, "scale_embeddings": False}),
+    ("gru4rec", {"history_bias": True}), ("gru4rec", {"layers": 2}), ("din", {})])
+def test_executorch_form_scores_as_forward(name, fields):
+    """export.write_pte lowers `for_executorch()`: the scores of `forward` (left padding, a row of padding only,
+    a single item), from the same parameters, which it leaves as they were."""
+    torch.manual_seed(0)
+    model = build_model(name, {**TINY, **fields}).eval()
+    if model.history_bias is not None:
+        with torch.no_grad():
+            model.history_bias.raw.normal_(std=0.1)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    history, cands = batch(b=4)
+    history[1] = 0
+    history[2, :-1] = 0
+    with torch.no_grad():
+        assert torch.allclose(model.for_executorch()(history, cands), model(history, cands), atol=1e-5)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[key], before[key]) for key in after)
+
+
+def test_executorch_form_steps_as_the_cached_step():
+    """The user encoder's .pte lowers `for_executorch().step`: the rotary SASRec's cached step (user vector, the new
+    item's keys and values), with empty slots in the past, at several positions."""
+    torch.manual_seed(0)
+    model = build_model("sasrec", {**TINY, "positions": "rotary", "layers": 2}).eval()
+    config = model.config
+    cache = (config.layers, config.heads, config.max_len - 1, config.hidden // config.heads)
+    for position in (0, 7, 5000):
+        inputs = (torch.randn(1, config.hidden), torch.tensor([position]), torch.randn(cache), torch.randn(cache),
+                  torch.rand(config.max_len - 1) > 0.4)
+        with torch.no_grad():
+            for got, expected in zip(model.for_executorch().step(*inputs), model.step(*inputs)):
+                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)

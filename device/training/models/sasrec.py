@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from device.training.models import MODELS
-from device.training.models.common import NEG_INF, HistoryBias, SequentialRecommender, check_common_fields, dot_scores
+from device.training.models.common import (NEG_INF, HistoryBias, SequentialRecommender, check_common_fields,
+                                           dot_scores, linear_copy)
 from shared.config import check
 
 
@@ -56,7 +57,8 @@ def rotary_tables(positions: torch.Tensor, head_size: int) -> tuple[torch.Tensor
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on (..., P, head_size) with tables (P, head_size / 2): the two halves turned by each angle."""
-    a, b = x.chunk(2, dim=-1)
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]  # slices, not chunk: XNNPACK delegates slice_copy, not split
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
 
 
@@ -75,7 +77,8 @@ class CausalSelfAttention(nn.Module):
         # rope: cos and sin (T, d/H/2) of the T positions (rotary positions), None for learned ones.
         d = x.shape[1]
         # All T rows are projected to queries too, then sliced: projecting only the query rows (with sliced
-        # weights) saved 2-4% in ONNX but doubled ExecuTorch's time (XNNPACK delegates only constant weights).
+        # weights) saved 2-4% in ONNX but doubled ExecuTorch's time when this graph was lowered (XNNPACK delegates
+        # only constant weights; the .pte now comes from SASRecForExecuTorch).
         q, k, v = self.qkv(x).reshape(batch, -1, 3 * d).split(d, dim=2)
         q = q[:, q.shape[1] - queries:]
         q, k, v = (z.reshape(batch, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
@@ -207,6 +210,9 @@ class SASRec(SequentialRecommender):
             x = block.norm2(x + block.ff(x))
         return x, torch.stack(keys), torch.stack(values)
 
+    def for_executorch(self) -> "SASRecForExecuTorch":
+        return SASRecForExecuTorch(self)
+
     def item_table(self) -> torch.Tensor:
         """(N + 1, d): the vectors a catalogue-free device is sent, one per item, used both to encode a history and
         to score a candidate; only a tied model has one table for both."""
@@ -234,3 +240,115 @@ class SASRec(SequentialRecommender):
         scores = self.with_history_bias(self.user_state(history) @ table.weight.T, history)
         scores[:, 0] = NEG_INF
         return scores
+
+
+class LayerNormAsGemm(nn.Module):
+    """nn.LayerNorm over the last axis with both means taken by a (d -> 1) Linear: XNNPACK delegates linear, sub,
+    mul and rsqrt, not native_layer_norm (executorch 1.5.1), and every op it does not take splits the delegate."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        d = norm.normalized_shape[0]
+        self.mean = nn.Linear(d, 1, bias=False)
+        nn.init.constant_(self.mean.weight, 1.0 / d)
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self.mean(x)
+        return centred * torch.rsqrt(self.mean(centred * centred) + self.eps) * self.weight + self.bias
+
+
+class _BlockForExecuTorch(nn.Module):
+    """`Block` in eval mode on (B, T, d) states, from the block's parameters: query, key and value Linears instead
+    of one Linear and a split, attention as bmm, scale, additive mask, softmax, bmm, and LayerNormAsGemm."""
+
+    def __init__(self, block: Block, heads: int, rope: tuple[torch.Tensor, torch.Tensor] | None):
+        super().__init__()
+        qkv, d = block.attn.qkv, block.attn.proj.in_features
+        self.q, self.k, self.v = (linear_copy(qkv.weight[i * d:(i + 1) * d], qkv.bias[i * d:(i + 1) * d])
+                                  for i in range(3))
+        self.proj, self.ff = block.attn.proj, block.ff
+        self.norm1, self.norm2 = LayerNormAsGemm(block.norm1), LayerNormAsGemm(block.norm2)
+        self.heads, self.rope = heads, rope
+
+    def _split_heads(self, x: torch.Tensor, rotated: bool) -> torch.Tensor:
+        """(B, P, d) -> (B H, P, d/H); queries and keys are `rotated` by rotary positions (the tables' last P)."""
+        b, p, d = x.shape
+        x = x.reshape(b, p, self.heads, d // self.heads).permute(0, 2, 1, 3).reshape(b * self.heads, p, -1)
+        if self.rope is None or not rotated:
+            return x
+        cos, sin = self.rope
+        return rotate(x, cos[cos.shape[0] - p:], sin[sin.shape[0] - p:])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) states and the (B, 1, Q, T) additive mask of the last Q positions -> their (B, Q, d) states."""
+        b, t, d = x.shape
+        queries, size = mask.shape[2], d // self.heads
+        x_q = x if queries == t else x[:, t - queries:]  # every position is a key and a value, the last Q queries
+        q, k = self._split_heads(self.q(x_q), rotated=True), self._split_heads(self.k(x), rotated=True)
+        v = self._split_heads(self.v(x), rotated=False)
+        weights = torch.bmm(q, k.transpose(1, 2)).reshape(b, self.heads, queries, t) * size ** -0.5 + mask
+        y = torch.bmm(torch.softmax(weights, dim=-1).reshape(b * self.heads, queries, t), v)
+        y = y.reshape(b, self.heads, queries, size).permute(0, 2, 1, 3).reshape(b, queries, d)
+        x = self.norm1(x_q + self.proj(y))
+        return self.norm2(x + self.ff(x))
+
+
+class SASRecForExecuTorch(nn.Module):
+    """`SASRec.forward` on histories of max_len items, from a snapshot of the model's parameters, written as operators
+    XNNPACK delegates, so that the whole encoder and the scoring are one delegate call (export.write_pte; ONNX keeps
+    `forward`, whose fused Attention node is faster there). The positions (or rotary tables) and the causal part of
+    the attention mask are constants; the key padding is added to it as a float mask, once for all blocks."""
+
+    def __init__(self, model: SASRec):
+        super().__init__()
+        config, t = model.config, model.max_len
+        self.model = model
+        self.emb_scale = math.sqrt(config.hidden) if config.scale_embeddings else 1.0
+        positions = torch.arange(t)
+        with torch.no_grad():
+            self.positions = None if model.pos_emb is None else model.pos_emb(positions).clone()
+        rope = None if model.pos_emb is not None else rotary_tables(positions, config.hidden // config.heads)
+        self.norm = LayerNormAsGemm(model.norm)
+        self.blocks = nn.ModuleList(_BlockForExecuTorch(block, config.heads, rope) for block in model.blocks)
+        # allowed[q, s] as in SASRec._encode (T = max_len: the window is the whole causal triangle): s <= q, keys
+        # that are items, and the diagonal whatever the padding (padding is added off the diagonal only)
+        self.causal = torch.zeros(t, t).masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), NEG_INF)
+        self.off_diagonal = 1.0 - torch.eye(t)
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        b, t = history.shape
+        keep = (history > 0).to(torch.float32)
+        x = model.item_emb(history) * self.emb_scale
+        if self.positions is not None:
+            x = x + self.positions
+        x = self.norm(x) * keep.reshape(b, t, 1)  # reshape, not unsqueeze: XNNPACK unsqueezes the last axis only
+        mask = self.causal + self.off_diagonal * ((1.0 - keep) * NEG_INF).reshape(b, 1, 1, t)  # (B, 1, T, T)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        x = self.blocks[-1](x, mask[:, :, t - 1:])  # scoring needs the last position only: (B, 1, d)
+        scores = dot_scores(model.item_vectors(candidates), x.reshape(b, -1))
+        return model.with_history_bias(scores, history, candidates)
+
+    def step(self, vector: torch.Tensor, position: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor,
+             past_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`SASRec.step` (same inputs and outputs) in this form's operators: what the user encoder's .pte lowers."""
+        config = self.model.config
+        d, heads = config.hidden, config.heads
+        size = d // heads
+        cos, sin = rotary_tables(position, size)  # (1, d/H/2)
+        x = self.norm(vector * self.emb_scale)
+        # the new item's own slot is always allowed; an empty past slot gets NEG_INF
+        mask = torch.cat([(1.0 - past_mask.to(torch.float32)) * NEG_INF, torch.zeros(1)]).reshape(1, 1, -1)
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            q, k = (rotate(linear(x).reshape(heads, 1, size), cos, sin) for linear in (block.q, block.k))
+            v = block.v(x).reshape(heads, 1, size)
+            keys.append(k)
+            values.append(v)
+            k_all, v_all = torch.cat([past_keys[i], k], dim=1), torch.cat([past_values[i], v], dim=1)  # (H, S + 1, d/H)
+            weights = torch.bmm(q, k_all.transpose(1, 2)) * size ** -0.5 + mask  # (H, 1, S + 1)
+            x = block.norm1(x + block.proj(torch.bmm(torch.softmax(weights, dim=-1), v_all).reshape(1, d)))
+            x = block.norm2(x + block.ff(x))
+        return x, torch.stack(keys), torch.stack(values)
