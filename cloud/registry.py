@@ -92,20 +92,21 @@ class ModelRegistry:
 
     def vector_table(self, version: str) -> tuple[Path, str]:
         """The item vector table published with a user-encoder version and its manifest's sha256 (checked when the
-        table is loaded)."""
-        published = self.find(version, ModelFormat.ONNX)
+        table is loaded); the encoder may be of either format (ONNX or ExecuTorch)."""
+        published = self.find(version)
         if published.manifest.kind != "user-encoder":
             raise NotFoundError(f"version = {version!r}: a {published.manifest.kind}, which has no vector table")
         return published.path.parent / VECTOR_TABLE_NAME, published.manifest.vector_table_sha256
 
-    def find(self, version: str, fmt: ModelFormat) -> Published:
-        """A published, verified artifact by version (it may be older than the newest)."""
+    def find(self, version: str, fmt: ModelFormat | None = None) -> Published:
+        """A published, verified artifact by version (it may be older than the newest), of `fmt` if given."""
         self.scan()
         with self._lock:
             for item in self._seen.values():
-                if item is not None and item.manifest.version == version and item.manifest.format == fmt:
+                if item is not None and item.manifest.version == version and fmt in (None, item.manifest.format):
                     return item
-        raise NotFoundError(f"version = {version!r}: no published {fmt.value} artifact has this version")
+        raise NotFoundError(f"version = {version!r}: no published {'' if fmt is None else fmt.value + ' '}artifact "
+                            "has this version")
 
     def versions(self) -> dict[str, str]:
         """Format -> newest version, for logs."""

@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from device.runtime.artifact import load_reranker as load_device
-from device.runtime.encoder import UserEncoder
+from device.runtime.encoder import OnnxUserEncoder, UserEncoder
 from shared.vector_table import VECTOR_TABLE_NAME, VectorTable, dequantise
 from shared.generator import GENERATORS, PopularityGenerator, generator_from_spec
 
@@ -95,7 +95,7 @@ class EncoderCatalogue:
         return self.encoder.encode(self.vectors[real])[2]
 
 
-class SharedEncoder(UserEncoder):
+class SharedEncoder(OnnxUserEncoder):
     """The user encoder every simulated device holds, remembering what it computed across sessions.
 
     Every run of a grid replays the same users through the same events, and with each consumed item's vector arriving
@@ -105,7 +105,7 @@ class SharedEncoder(UserEncoder):
     keeps each one it keys on alive, so an id is never reused while its entry exists) and the vector's bytes. The
     figures are those of computing every step; at most `keep` entries are kept (then the memo starts again)."""
 
-    def __init__(self, encoder: UserEncoder, keep: int = 20000):
+    def __init__(self, encoder: OnnxUserEncoder, keep: int = 20000):
         self.__dict__.update(encoder.__dict__)  # the same loaded graph and manifest
         self._encoded: dict = {}
         self._stepped: dict = {}
@@ -121,12 +121,12 @@ class SharedEncoder(UserEncoder):
 
     def encode(self, vectors: np.ndarray):
         vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[-self.history_length:])
-        return self._remember(self._encoded, vectors.tobytes(), lambda: UserEncoder.encode(self, vectors))
+        return self._remember(self._encoded, vectors.tobytes(), lambda: OnnxUserEncoder.encode(self, vectors))
 
     def step(self, state, vector: np.ndarray):
         vector = np.ascontiguousarray(vector, dtype=np.float32)
         _, *out = self._remember(self._stepped, (id(state), vector.tobytes()),
-                                 lambda: (state, *UserEncoder.step(self, state, vector)))
+                                 lambda: (state, *OnnxUserEncoder.step(self, state, vector)))
         return tuple(out)
 
 

@@ -2,9 +2,11 @@
 
 `load_reranker` verifies the artifact folder BEFORE any inference (manifest fields, vocab hash, file size and
 sha256, the graph's input/output names, dtypes and shapes against the manifest), then builds the backend: the
-onnxruntime one (device/runtime/backend.py; the default, torch-free) or the optional ExecuTorch one
-(device/executorch_backend.py, imported only when chosen: its Python bindings exchange torch tensors; it serves
-parity checks and C++ deployments that use the same `.pte`). `ModelHolder` installs downloaded updates atomically.
+onnxruntime one (device/runtime/backend.py; the default, torch-free), the native ExecuTorch runner
+(device/runtime/native_backend.py, torch-free, once `make native` built it) or the optional ExecuTorch bindings
+(device/executorch_backend.py, imported only when chosen: they exchange torch tensors). A "user-encoder" artifact
+(catalogue-free) becomes a device.runtime.encoder.UserEncoder: OnnxUserEncoder for encoder.onnx,
+NativeUserEncoder for encoder.pte. `ModelHolder` installs downloaded updates atomically.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from device.runtime.backend import OnnxReranker, Reranker, check_manifest_shape
-from device.runtime.encoder import UserEncoder
-from device.runtime.native_backend import NativeReranker
+from device.runtime.encoder import OnnxUserEncoder, UserEncoder
+from device.runtime.native_backend import NativeReranker, NativeUserEncoder
 from device.runtime.native_backend import library_path as native_library_path
 from shared.errors import CatalogMismatchError, ChecksumError, InvalidArgumentError, LSC4RecError, ManifestError
 from shared.files import download_verified, staged_dir
@@ -31,7 +33,7 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
 
     backend: "auto" (by the manifest's format; a .pte runs natively when `make native` built the library, else
     through the torch-based bindings), "onnx", "executorch" (the bindings) or "native"; raises ManifestError or
-    CatalogMismatchError and loads nothing when a check fails.
+    CatalogMismatchError and loads nothing when a check fails. A user-encoder .pte runs natively only.
     """
     manifest = read_manifest(folder)
     if vocab_hash is not None and manifest.vocab_hash != vocab_hash:
@@ -44,10 +46,14 @@ def load_reranker(folder: str | Path, vocab_hash: str | None = None, backend: st
         raise ManifestError(f"{folder}: backend {backend} needs a {wanted.value} artifact, "
                             f"the manifest is {manifest.format.value}")
     if manifest.kind == "user-encoder":  # catalogue-free: item vectors in, user vector out (encoder.py)
-        if manifest.format != ModelFormat.ONNX:
-            raise ManifestError(f"{folder}: a user-encoder artifact must be onnx, the manifest is {manifest.format.value}")
+        if manifest.format == ModelFormat.PTE and backend == "executorch":
+            raise ManifestError(f"{folder}: a user-encoder .pte runs on the native backend (`make native`), not "
+                                "the ExecuTorch bindings")
         manifest, path = verify_artifact(folder, manifest)
-        encoder = UserEncoder(path, manifest, threads=threads)
+        if manifest.format == ModelFormat.ONNX:
+            encoder: UserEncoder = OnnxUserEncoder(path, manifest, threads=threads)
+        else:  # torch-free; load_library names `make native` when the library is not built
+            encoder = NativeUserEncoder(folder, manifest, threads=threads)
         check_golden(encoder, path)
         return encoder
     check_manifest_shape(manifest)

@@ -236,7 +236,7 @@ def bench_figures(model: Path, events: int = 3000, num_candidates: int = 50, his
                                                   history, seed, measure, items)
     srm_us = []
     if free:  # the incremental update alone: one encoder step
-        state, vector = reranker.new_state(), np.ones(reranker.dim, dtype=np.float32) * 0.01
+        state, vector = reranker.new_state(), _StandInVectors(reranker).rows([1]).floats()[0]  # a cloud's row
         for _ in range(events):
             start = time.perf_counter()
             state.append(vector)

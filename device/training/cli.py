@@ -86,7 +86,7 @@ def _register_eval(sub) -> None:
     p.set_defaults(func=handler(COMMANDS, "eval_main"))
 
 
-EXPORT_FORMATS = ("onnx", "pte", "user-encoder")
+EXPORT_FORMATS = ("onnx", "pte", "user-encoder", "user-encoder-pte")
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -102,14 +102,15 @@ def _formats(text: str) -> tuple[str, ...]:
 
 def _register_export(sub) -> None:
     p = sub.add_parser("srm", help="export an SRM checkpoint to ONNX and/or ExecuTorch (.pte)",
-                       description="Writes OUT/onnx/, OUT/onnx-int8/ (with --int8), OUT/pte/ and OUT/user-encoder/, "
-                                   "each holding the model file and manifest.json; parity with eager PyTorch is "
-                                   "checked (1e-4). user-encoder is the catalogue-free device model (SASRec, "
-                                   "GRU4Rec): encoder.onnx for the device, item_vectors.npz for the cloud.")
+                       description="Writes OUT/onnx/, OUT/onnx-int8/ (with --int8), OUT/pte/, OUT/user-encoder/ and "
+                                   "OUT/user-encoder-pte/, each holding the model file and manifest.json; parity with "
+                                   "eager PyTorch is checked (1e-4). user-encoder is the catalogue-free device model "
+                                   "(SASRec, GRU4Rec): encoder.onnx (user-encoder-pte: encoder.pte, for the native "
+                                   "ExecuTorch runner) for the device, item_vectors.npz for the cloud.")
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file or folder holding srm.pt")
     p.add_argument("--format", type=_formats, default="all", metavar="FMT[,FMT]",
-                   help="comma-separated formats among onnx, pte, user-encoder, or all (default): onnx, pte and, for "
-                        "a model with a user vector, user-encoder")
+                   help="comma-separated formats among onnx, pte, user-encoder, user-encoder-pte, or all (default): "
+                        "onnx, pte and, for a model with a user vector, user-encoder and user-encoder-pte")
     p.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX model")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--data", type=Path, default=None,

@@ -154,17 +154,21 @@ def _cold_eval_main(args, dataset) -> int:
 
 def export_main(args: argparse.Namespace) -> int:
     # onnxscript's graph rewriter (about 1 s to import) is needed by this command only
-    from device.training.encoder_export import FORMAT, export_encoder_checkpoint, has_user_encoder
+    from device.training.encoder_export import FORMATS as ENCODER_FORMATS
+    from device.training.encoder_export import export_encoder_checkpoint, has_user_encoder
     from device.training.export import export_checkpoint
 
     every = args.format == ("all",)
-    formats = ["onnx", "pte"] if every else [f for f in args.format if f != FORMAT]
+    formats = ["onnx", "pte"] if every else [f for f in args.format if f not in ENCODER_FORMATS]
     if args.int8 and "onnx" in formats:
         formats.insert(formats.index("onnx") + 1, "onnx-int8")
     folders = export_checkpoint(args.ckpt, tuple(formats), args.out) if formats else {}
-    if FORMAT in args.format or (every and has_user_encoder(load_checkpoint(args.ckpt)[0])):
+    encoders = [f for f in args.format if f in ENCODER_FORMATS]
+    if every and has_user_encoder(load_checkpoint(args.ckpt)[0]):
+        encoders = list(ENCODER_FORMATS)
+    if encoders:  # one partition head (fitted once) for every encoder format
         dataset = None if args.data is None else load_dataset(args.data)
-        folders[FORMAT] = export_encoder_checkpoint(args.ckpt, args.out, dataset=dataset)
+        folders.update(export_encoder_checkpoint(args.ckpt, args.out, dataset=dataset, formats=tuple(encoders)))
     figures = {}
     for fmt, folder in folders.items():
         m = read_manifest(folder)

@@ -302,6 +302,29 @@ def test_load_reranker_refuses_a_bad_pte_before_any_inference(native_lib, bad_fo
         reranker.score(_inputs(1, 5)[0], np.ones((1, CANDIDATES_MAX + 1), dtype=np.int64))
 
 
+def test_the_check_command_opens_a_folder_and_a_crash_there_refuses_it(native_lib, exported, tmp_path, monkeypatch):
+    """`lsc4rec-native check` opens a folder with every check; the runtime opens each folder that way in a process
+    of its own first, so a program that crashes the compiler (a re-signed corrupt .pte) never loads in-process."""
+    from device.runtime.artifact import load_reranker
+    from shared.errors import ManifestError
+
+    folder = exported["sasrec"][1]
+    done = _cli("check", "--model", str(folder))
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"] is True
+    done = _cli("check", "--model", str(folder), "--kind", "user-encoder")
+    assert done.returncode == 2 and "lsc4rec_scorer_open" in done.stderr
+    # the same library beside a check command that dies as XNNPACK's compiler does on such a program
+    stand_in = tmp_path / "lib"
+    stand_in.mkdir()
+    for item in BUILD.glob("*.so*"):
+        (stand_in / item.name).symlink_to(item)
+    (stand_in / "lsc4rec-native").write_text("#!/bin/sh\nkill -SEGV $$\n")
+    (stand_in / "lsc4rec-native").chmod(0o755)
+    monkeypatch.setenv("LSC4REC_NATIVE_LIB", str(stand_in / "liblsc4rec_native.so"))
+    with pytest.raises(ManifestError, match="crashed \\(SIGSEGV\\).*refused"):
+        load_reranker(folder, backend="native")
+
+
 TORCH_FREE = textwrap.dedent("""
     import importlib.abc, json, sys
     class Block(importlib.abc.MetaPathFinder):

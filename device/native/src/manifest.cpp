@@ -1,10 +1,11 @@
 // manifest.json for the native runner: the fields it uses, each checked with a one-line error naming it.
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
-#include "scorer.hpp"
+#include "program.hpp"
 
 namespace lsc4rec {
 
@@ -44,7 +45,8 @@ ScalarType parse_dtype(const std::string& path, const std::string& where, const 
   if (dtype == "int64") return ScalarType::Long;
   if (dtype == "int32") return ScalarType::Int;
   if (dtype == "float32") return ScalarType::Float;
-  fail(path, "field '" + where + ".dtype' = \"" + dtype + "\" is not int64, int32 or float32");
+  if (dtype == "bool") return ScalarType::Bool;
+  fail(path, "field '" + where + ".dtype' = \"" + dtype + "\" is not int64, int32, float32 or bool");
 }
 
 std::vector<TensorSpec> parse_specs(const json& data, const std::string& path, const char* name) {
@@ -87,7 +89,7 @@ std::vector<T> number_list(const json& golden, const std::string& path, const ch
 
 }  // namespace
 
-Manifest read_manifest(const std::string& dir) {
+Manifest read_manifest(const std::string& dir, const std::string& kind) {
   Manifest m;
   m.path = dir + "/manifest.json";
   std::ifstream in(m.path, std::ios::binary);
@@ -100,11 +102,16 @@ Manifest read_manifest(const std::string& dir) {
 
   const std::string format = text_field(data, m.path, "format");
   if (format != "pte") fail(m.path, "field 'format' = \"" + format + "\": the native runner runs pte artifacts");
-  // "scorer" (ids in, scores out; the default) is what this library runs; a "user-encoder" (float item vectors in)
-  // would go through Scorer::run with its own golden check, which is not written yet.
-  auto kind = data.find("kind");
-  if (kind != data.end() && !kind->is_null() && *kind != "scorer")
-    fail(m.path, "field 'kind' = " + shown(*kind) + ": the native runner runs scorer artifacts only");
+  // "scorer" (ids in, scores out; the default when absent) opens as a scorer, "user-encoder" (item vectors in, the
+  // user vector out) as an encoder.
+  auto found = data.find("kind");
+  m.kind = found == data.end() || found->is_null() ? kScorerKind : found->is_string() ? found->get<std::string>() : "";
+  if (m.kind != kScorerKind && m.kind != kEncoderKind)
+    fail(m.path, "field 'kind' = " + shown(*found) + " is not \"scorer\" or \"user-encoder\"");
+  if (m.kind != kind)
+    fail(m.path, "field 'kind' = \"" + m.kind + "\": " +
+                     (m.kind == kScorerKind ? "a scorer, open it with lsc4rec_scorer_open"
+                                            : "a user encoder, open it with lsc4rec_encoder_open"));
   m.version = text_field(data, m.path, "version");
   m.file_name = text_field(data, m.path, "file_name");
   if (m.file_name.empty() || m.file_name[0] == '.' || m.file_name.find_first_of("/\\") != std::string::npos)
@@ -118,8 +125,11 @@ Manifest read_manifest(const std::string& dir) {
   m.num_items = positive_field(data, m.path, "num_items");
   m.inputs = parse_specs(data, m.path, "inputs");
   m.outputs = parse_specs(data, m.path, "outputs");
-  if (m.outputs[0].dtype != ScalarType::Float)
-    fail(m.path, std::string("field 'outputs[0].dtype' = ") + dtype_name(m.outputs[0].dtype) + ", expected float32");
+  for (size_t i = 0; i < m.outputs.size(); ++i)
+    if (m.outputs[i].dtype != ScalarType::Float)
+      fail(m.path, "field 'outputs[" + std::to_string(i) + "].dtype' = " + dtype_name(m.outputs[i].dtype) +
+                       ", expected float32");
+  if (m.kind == kEncoderKind) m.vector_dim = positive_field(data, m.path, "vector_dim");
 
   auto golden = data.find("golden");
   if (golden != data.end() && !golden->is_null()) {
@@ -132,6 +142,15 @@ Manifest read_manifest(const std::string& dir) {
         m.golden.candidates.size() != m.golden.scores.size())
       fail(m.path, "field 'golden' must hold history (" + std::to_string(m.history_length) +
                        " ids), candidates and one score per candidate");
+    if (m.kind == kEncoderKind) {  // one vector per history item (non-padding), then per candidate
+      m.golden.vectors = number_list<float>(*golden, m.path, "vectors");
+      const size_t real = static_cast<size_t>(
+          std::count_if(m.golden.history.begin(), m.golden.history.end(), [](int64_t id) { return id > 0; }));
+      const size_t rows = real + m.golden.candidates.size();
+      if (m.golden.vectors.size() != rows * static_cast<size_t>(m.vector_dim))
+        fail(m.path, "field 'golden.vectors' holds " + std::to_string(m.golden.vectors.size()) + " numbers, " +
+                         std::to_string(rows) + " vectors of " + std::to_string(m.vector_dim) + " expected");
+    }
   }
   return m;
 }
