@@ -8,10 +8,10 @@ STAMP := $(VENV)/.stamp-install
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow demo bench codegen native clean help
+.PHONY: venv test test-slow demo bench codegen native native-aarch64 clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ NATIVE_BUILD := build/native
 native: venv  ## build the native ExecuTorch runner (device/native) into build/native: cmake, g++, ninja-build, nlohmann-json3-dev, libssl-dev
 	cmake -S device/native -B $(NATIVE_BUILD) $(if $(shell command -v ninja),-G Ninja,) -DLSC4REC_PYTHON=$(abspath $(BIN)/python) --log-level=WARNING
 	cmake --build $(NATIVE_BUILD)
+
+native-aarch64:  ## cross-build the native runner for aarch64 into build/native-aarch64 (device/native/cross); CHECK=1: qemu parity
+	device/native/cross/build-aarch64.sh $(if $(CHECK),--check,)
 
 test-slow: venv  ## real-data tests (ML-100K, longer training, a real local Ray: installs the [ray] extra)
 	$(PIP) install -q -c constraints.txt -e '.[dev,ray]'
