@@ -58,6 +58,20 @@ def _register_train(sub) -> None:
     p.add_argument("--coop-config", type=Path, default=None, help="TOML with a [coop] table (default device/training/presets/coop.toml)")
     add_json_flag(p)
     p.set_defaults(func=handler(COMMANDS, "train_main"))
+    p = sub.add_parser("ground", help="give an SRM's untrained items rows mapped from their text vectors",
+                       description="Fits a ridge map from item text vectors to the checkpoint's item table on the "
+                                   "items it trained on (strength by 5-fold cross-validation on them) and writes a "
+                                   "new checkpoint whose untrained items have the mapped rows, so that a history "
+                                   "holding one is encoded with its row instead of noise (as candidates they keep "
+                                   "the neutral score); everything else is unchanged.")
+    p.add_argument("--ckpt", type=Path, required=True, help="SRM checkpoint (a folder with srm.pt, or the file)")
+    p.add_argument("--vectors", type=Path, required=True,
+                   help="text vectors of the same catalogue, as `lsc4rec embed items` writes them (measured best: "
+                        "--encoder minilm --no-whiten)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (OUT/srm.pt) or .pt path; not the input")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default 0)")
+    add_json_flag(p)
+    p.set_defaults(func=handler(COMMANDS, "ground_main"))
 
 
 def _register_eval(sub) -> None:

@@ -1,4 +1,4 @@
-"""The handlers of `lsc4rec train srm`, `eval srm` and `export srm` (parsers: device.training.cli).
+"""The handlers of `lsc4rec train srm`, `train ground`, `eval srm` and `export srm` (parsers: device.training.cli).
 
 Each handler reads the dataset and the flags, calls the training, evaluation or export code, and prints the
 figures; the work itself lives in the modules below it.
@@ -42,6 +42,14 @@ def train_main(args: argparse.Namespace) -> int:
     emit({"model": args.model, "protocol": args.protocol, "seed": train_cfg.seed,
           "checkpoint": str(args.out / CHECKPOINT_NAME), "version": ckpt["version"], **(cold or {}),
           **ckpt["metrics"]}, args.json, "SRM trained (validation figures)")
+    return 0
+
+
+def ground_main(args: argparse.Namespace) -> int:
+    from device.training.grounding import ground_checkpoint
+
+    path, figures = ground_checkpoint(args.ckpt, args.vectors, args.out, seed=args.seed)
+    emit({"checkpoint": str(path), **figures}, args.json, "untrained items grounded in their text")
     return 0
 
 
