@@ -97,7 +97,12 @@ def test_a_published_version_is_switched_to_and_serves_the_new_items(served, cap
     version = read_version(folder).version
     until(lambda: server.generator_version == version, what="the switch")
     assert server.catalog.num_items == world.grown.num_items
-    switched = [r.getMessage() for r in caplog.records if "generator switched" in r.getMessage()]
+
+    def switched_lines() -> list[str]:  # logged once the old batcher has drained, after the swap itself
+        return [r.getMessage() for r in caplog.records if "generator switched" in r.getMessage()]
+
+    until(lambda: switched_lines(), what="the switch's log line")
+    switched = switched_lines()
     assert switched == [f"generator switched {before.generator_version} -> {version} (40 -> 43 items)"]
     n = len(set(untrained(folder).tolist()) - set(history))
     after = ask(stub, history, n)
