@@ -325,13 +325,16 @@ def test_the_check_command_opens_a_folder_and_a_crash_there_refuses_it(native_li
         load_reranker(folder, backend="native")
 
 
-TORCH_FREE = textwrap.dedent("""
+# The start of a child script in which torch, executorch and transformers cannot be imported.
+BLOCK_TORCH = textwrap.dedent("""
     import importlib.abc, json, sys
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ("torch", "executorch", "transformers"):
                 raise ImportError(f"{{name}} is blocked in this test")
     sys.meta_path.insert(0, Block())
+""")
+TORCH_FREE = BLOCK_TORCH + textwrap.dedent("""
     from device.runtime.artifact import load_reranker
     from device.runtime.policies import parse_policy
     from device.runtime.session import DeviceSession, SessionConfig

@@ -23,7 +23,7 @@ import pytest
 from device.runtime import native_backend as nb
 from device.runtime.encoder import POSITION_LIMIT, UserEncoder
 from shared.manifest import MANIFEST_NAME
-from tests.device.test_native import ROOT, _cli, native_lib  # noqa: F401 (native_lib is a fixture)
+from tests.device.test_native import BLOCK_TORCH, ROOT, _cli, native_lib  # noqa: F401 (native_lib is a fixture)
 
 N, T, D = 60, 8, 16
 PARITY_ATOL = 1e-5
@@ -378,14 +378,8 @@ def test_a_session_on_the_native_encoder_scores_as_on_onnx(native_lib, exported)
     assert type(sessions[1]._srm.state).__name__ == "NativeUserState"
 
 
-TORCH_FREE = textwrap.dedent("""
-    import importlib.abc, json, sys
+TORCH_FREE = BLOCK_TORCH + textwrap.dedent("""
     import numpy as np
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "executorch", "transformers"):
-                raise ImportError(f"{{name}} is blocked in this test")
-    sys.meta_path.insert(0, Block())
     from device.runtime.artifact import load_reranker
     from device.runtime.cli import bench_figures
     from pathlib import Path
