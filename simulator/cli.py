@@ -9,7 +9,7 @@ from shared.errors import LSC4RecError
 
 GROUPS = {
     "data": "prepare and inspect datasets",
-    "train": "train models (llm: cloud generator; srm: on-device small model)",
+    "train": "train models (llm: cloud generator; srm: on-device small model; ground: SRM rows from item text)",
     "embed": "item knowledge: one vector per item from its text, with a language model",
     "eval": "evaluate models on a protocol",
     "export": "export models for devices",
