@@ -80,8 +80,6 @@ from device.runtime.cli import bench_figures
 figures = bench_figures(Path({model!r}), events={events}, num_candidates={candidates}, history=100,
                         policy="budget:0.1", seed={seed}, measure={measure!r})
 figures["executorch_loaded"] = any(m.split(".")[0] == "executorch" for m in sys.modules)
-# VmHWM: this process image's own peak (getrusage's peak includes the parent's when it forked us)
-figures["vm_hwm_mb"] = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps(figures))
 """
 
@@ -213,7 +211,7 @@ def main() -> None:
              native_event_p50_us=figures["pte"]["event_p50_us"], onnx_event_p50_us=figures["onnx"]["event_p50_us"],
              native_vs_onnx_event_p50=figures["pte"]["event_p50_us"] / figures["onnx"]["event_p50_us"],
              native_srm_p50_us=figures["pte"]["srm_p50_us"], onnx_srm_p50_us=figures["onnx"]["srm_p50_us"],
-             native_peak_rss_mb=figures["pte"]["vm_hwm_mb"], onnx_peak_rss_mb=figures["onnx"]["vm_hwm_mb"],
+             native_peak_rss_mb=figures["pte"]["peak_rss_mb"], onnx_peak_rss_mb=figures["onnx"]["peak_rss_mb"],
              native_torch_loaded=figures["pte"]["torch_loaded"],
              native_executorch_loaded=figures["pte"]["executorch_loaded"],
              native_onnxruntime_loaded=figures["pte"]["onnxruntime"] is not None)
@@ -241,7 +239,7 @@ def main() -> None:
              onnx_event_p99_us=onnx["event_p99_us"],
              native_vs_onnx_event_p50=native["event_p50_us"] / onnx["event_p50_us"],
              native_update_p50_us=native["srm_p50_us"], onnx_update_p50_us=onnx["srm_p50_us"],
-             native_peak_rss_mb=native["vm_hwm_mb"], onnx_peak_rss_mb=onnx["vm_hwm_mb"],
+             native_peak_rss_mb=native["peak_rss_mb"], onnx_peak_rss_mb=onnx["peak_rss_mb"],
              native_torch_loaded=native["torch_loaded"], native_executorch_loaded=native["executorch_loaded"],
              native_onnxruntime_loaded=native["onnxruntime"] is not None,
              load_average_1m=os.getloadavg()[0])

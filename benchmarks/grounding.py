@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +26,26 @@ from simulator.figures import paired_difference
 RUNS = ("budget-fusion-b20", "budget-srm-b20", "always-fusion", "never-fusion")
 
 
+@lru_cache(maxsize=None)
+def cold_items(data: str, fraction: float, seed: int) -> np.ndarray:
+    """The replay's new items (protocol C's cold draw), drawn once per dataset and draw."""
+    return draw_cold_items(load_dataset(data).num_items, fraction, seed)
+
+
+def _means(users: np.ndarray, gains: np.ndarray) -> dict[int, float]:
+    ids, index = np.unique(users, return_inverse=True)
+    return dict(zip(ids.tolist(), (np.bincount(index, weights=gains) / np.bincount(index)).tolist()))
+
+
 def per_user(folder: Path, run: str) -> tuple[dict[int, float], dict[int, float]]:
     """({user: mean NDCG@10 over all events}, {user: mean over new-item events}) of one run (seed 0 rows)."""
     config = json.loads((folder / "config.json").read_text())
-    dataset = load_dataset(config["data"])
-    cold = set(draw_cold_items(dataset.num_items, config["cold_fraction"], config["cold_seed"]).tolist())
-    every: dict[int, list] = {}
-    new: dict[int, list] = {}
+    cold = cold_items(config["data"], config["cold_fraction"], config["cold_seed"])
     with open(folder / "rows" / f"{run}-s0.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            gain = float(ndcg_gains(np.array([int(row["rank"])]), 10)[0])
-            user = int(row["user"])
-            every.setdefault(user, []).append(gain)
-            if int(row["target"]) in cold:
-                new.setdefault(user, []).append(gain)
-    return ({u: float(np.mean(g)) for u, g in every.items()}, {u: float(np.mean(g)) for u, g in new.items()})
+        rows = [(int(r["user"]), int(r["rank"]), int(r["target"])) for r in csv.DictReader(handle)]
+    users, ranks, targets = (np.array(column, dtype=np.int64) for column in zip(*rows))
+    gains, new = ndcg_gains(ranks, 10), np.isin(targets, cold)
+    return _means(users, gains), _means(users[new], gains[new])
 
 
 def compare(pairs: list[tuple[Path, Path]], run: str) -> dict:

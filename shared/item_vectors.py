@@ -60,21 +60,27 @@ def _read(path: Path) -> tuple[np.ndarray, dict]:
 def load_item_vectors(path: str | Path, dataset: Dataset) -> np.ndarray:
     """(N, d) float32 vectors of `dataset`'s items; refuses a missing or malformed file (DataFormatError) and
     vectors made for another catalogue (CatalogMismatchError)."""
+    return read_catalogue_vectors(path, dataset.vocab_hash, dataset.num_items)[0]
+
+
+def read_catalogue_vectors(path: str | Path, vocab_hash: str, num_items: int) -> tuple[np.ndarray, dict]:
+    """(vectors (N, d) float32, meta) of the catalogue named by `vocab_hash` and its `num_items`, checked as
+    `load_item_vectors` checks them (for callers that know the catalogue from a model, not a dataset)."""
     path = Path(path)
     vectors, meta = _read(path)
     for key in REQUIRED_META:
         if key not in meta:
             raise DataFormatError(path, 0, f"meta.{key}", "missing")
-    if meta["vocab_hash"] != dataset.vocab_hash:
-        raise CatalogMismatchError(str(path), dataset.vocab_hash, str(meta["vocab_hash"]))
+    if meta["vocab_hash"] != vocab_hash:
+        raise CatalogMismatchError(str(path), vocab_hash, str(meta["vocab_hash"]))
     if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number):
         raise DataFormatError(path, 0, "vectors", f"{vectors.dtype} array of shape {vectors.shape}, expected (N, d)")
-    if len(vectors) != dataset.num_items or int(meta["num_items"]) != dataset.num_items:
+    if len(vectors) != num_items or int(meta["num_items"]) != num_items:
         raise DataFormatError(path, 0, "vectors", f"{len(vectors)} rows (meta.num_items {meta['num_items']}), "
-                                                  f"expected {dataset.num_items}")
+                                                  f"expected {num_items}")
     if not np.isfinite(vectors).all():
         raise DataFormatError(path, 0, "vectors", "holds NaN or infinite values")
-    return vectors.astype(np.float32)
+    return vectors.astype(np.float32), meta
 
 
 def read_item_vectors(path: str | Path) -> tuple[np.ndarray, dict]:

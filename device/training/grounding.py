@@ -15,15 +15,15 @@ the original as its parent; every other parameter is unchanged bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from device.training.artifacts import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from shared.errors import CatalogMismatchError, DataFormatError, InvalidArgumentError
-from shared.item_vectors import read_item_vectors
+from shared.errors import InvalidArgumentError
+from shared.item_vectors import read_catalogue_vectors
 
 STRENGTHS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried (on vectors centred, not scaled)
 FOLDS = 5
@@ -66,25 +66,16 @@ def fit_grounding(text: np.ndarray, rows: np.ndarray, seed: int = 0) -> Groundin
         r2 = 1.0 - error / total
         if best is None or r2 > best[1]:
             best = (strength, r2)
-    fit = _ridge(text, rows, best[0])
-    return Grounding(fit.weights, fit.text_mean, fit.row_mean, best[0], float(best[1]))
-
-
-def read_text_vectors(path: str | Path, vocab_hash: str, num_items: int) -> tuple[np.ndarray, dict]:
-    """(N, t) float64 text vectors of the checkpoint's catalogue, and their meta; refuses another catalogue."""
-    vectors, meta = read_item_vectors(path)
-    if meta.get("vocab_hash") != vocab_hash:
-        raise CatalogMismatchError(str(path), vocab_hash, str(meta.get("vocab_hash")))
-    if vectors.ndim != 2 or len(vectors) != num_items:
-        raise DataFormatError(path, 0, "vectors", f"shape {vectors.shape}, expected ({num_items}, d): one row per "
-                                                  "item of the checkpoint's catalogue")
-    if not np.isfinite(vectors).all():
-        raise DataFormatError(path, 0, "vectors", "holds NaN or infinite values")
-    return vectors.astype(np.float64), meta
+    return replace(_ridge(text, rows, best[0]), heldout_r2=float(best[1]))
 
 
 def ground_checkpoint(ckpt_path: str | Path, vectors_path: str | Path, out: str | Path, seed: int = 0) -> tuple[Path, dict]:
     """Write a grounded copy of the checkpoint to `out` (a folder, OUT/srm.pt, or a .pt path); (path, figures)."""
+    out = Path(out)
+    out = out if out.suffix == ".pt" else out / CHECKPOINT_NAME
+    source = Path(ckpt_path) / CHECKPOINT_NAME if Path(ckpt_path).is_dir() else Path(ckpt_path)
+    if out.resolve() == source.resolve():
+        raise InvalidArgumentError("out", str(out), "is the checkpoint being grounded; write the grounded one elsewhere")
     model, ckpt = load_checkpoint(ckpt_path)
     try:
         table = model.item_table()
@@ -94,7 +85,7 @@ def ground_checkpoint(ckpt_path: str | Path, vectors_path: str | Path, out: str 
     if untrained.size == 0:
         raise InvalidArgumentError("ckpt", str(ckpt_path), "lists no untrained item that is not grounded yet: there "
                                                            "is nothing to ground")
-    text, meta = read_text_vectors(vectors_path, ckpt["vocab_hash"], model.num_items)
+    text, meta = read_catalogue_vectors(vectors_path, ckpt["vocab_hash"], model.num_items)
     trained = np.setdiff1d(np.arange(1, model.num_items + 1), untrained)
     with torch.no_grad():
         rows = table.detach().double().numpy()
@@ -106,10 +97,5 @@ def ground_checkpoint(ckpt_path: str | Path, vectors_path: str | Path, out: str 
                 "grounded_items": sorted({*ckpt.get("grounded_items", ()), *(int(i) for i in untrained)}),
                 "grounding": {"vectors": str(vectors_path), "encoder": meta.get("encoder"), **figures},
                 "metrics": {**ckpt["metrics"], **figures}, "parent": ckpt.get("version")}
-    out = Path(out)
-    out = out if out.suffix == ".pt" else out / CHECKPOINT_NAME
-    source = Path(ckpt_path) / CHECKPOINT_NAME if Path(ckpt_path).is_dir() else Path(ckpt_path)
-    if out.resolve() == source.resolve():
-        raise InvalidArgumentError("out", str(out), "is the checkpoint being grounded; write the grounded one elsewhere")
     path = save_checkpoint(grounded, out)
     return path, {**figures, "version": grounded["version"], "parent": ckpt.get("version")}

@@ -190,24 +190,21 @@ int run_scorer(bool bench, const Options& options, int threads, const std::strin
     for (auto& id : history) id = item(rng);
     for (auto& id : candidates) id = item(rng);
     std::vector<float> scores(candidates.size());
-    std::vector<double> micros;
+    Latency latency;
     const long long warmup = std::min(calls, 50LL);
     for (long long i = 0; i < calls + warmup; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      status = lsc4rec_scorer_score(scorer, history.data(), history.size(), candidates.data(), candidates.size(),
-                                    scores.data(), scores.size());
-      const auto t1 = std::chrono::steady_clock::now();
+      const double us = time_us([&] {
+        status = lsc4rec_scorer_score(scorer, history.data(), history.size(), candidates.data(), candidates.size(),
+                                      scores.data(), scores.size());
+      });
       if (status != LSC4REC_OK) {
         lsc4rec_scorer_close(scorer);
         return fail(status);
       }
-      if (i >= warmup) micros.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+      if (i >= warmup) latency.micros.push_back(us);
     }
-    double mean = 0;
-    for (double m : micros) mean += m / micros.size();
-    out.update({{"num_candidates", num_candidates}, {"calls", calls}, {"load_ms", load_ms},
-                {"p50_us", percentile(micros, 0.5)}, {"p90_us", percentile(micros, 0.9)},
-                {"p99_us", percentile(micros, 0.99)}, {"mean_us", mean}});
+    out.update({{"num_candidates", num_candidates}, {"calls", calls}, {"load_ms", load_ms}});
+    out.update(latency.figures(""));
   }
   lsc4rec_scorer_close(scorer);
   out["peak_rss_mb"] = peak_rss_mb();
